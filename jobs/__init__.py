@@ -1,0 +1,1 @@
+"""Spark entry points, one per pipeline stage (thin: read, call udfs, write)."""

@@ -1,0 +1,68 @@
+"""Shared fixtures: the real sample data, a local-mode Spark session, an S3-API server on loopback."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".cache", "numba"))
+
+
+@pytest.fixture(scope="session")
+def data_root():
+    from udfs.sample_data import data_root as root
+
+    return root()
+
+
+@pytest.fixture(scope="session")
+def spark(s3_server):
+    """Local-mode Spark. Started after the S3 server so that executors inherit its AWS_* settings."""
+    from jobs.spark import get_spark
+
+    session = get_spark("lensinj-tests")
+    yield session
+    session.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on 127.0.0.1; AWS_* variables point boto3 and pyarrow at it.
+
+    Spark's local-mode Python workers inherit the environment, so executors reach it too.
+    """
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    saved = {k: os.environ.get(k) for k in
+             ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="testing",
+                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    yield os.environ["AWS_ENDPOINT_URL"]
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh bucket on the loopback S3 server; returns ``s3://<name>``."""
+    import boto3
+
+    name = "t-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40]
+    name = name.strip("-") + f"-{_free_port()}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return f"s3://{name}"

@@ -1,0 +1,95 @@
+"""Read and write files on local disk or S3 (``s3://bucket/key``) through ``pyarrow.fs``.
+
+One code path for laptops and EMR executors. S3 settings come from the standard AWS chain
+(environment, profile, instance role); ``AWS_ENDPOINT_URL`` points at another S3-API server
+(the tests use moto on loopback).
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import posixpath
+import uuid
+
+import pyarrow.fs as pafs
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def _s3() -> pafs.S3FileSystem:
+    kw = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kw.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+    if region:
+        kw["region"] = region
+    return pafs.S3FileSystem(**kw)
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Return ``(filesystem, path)`` for a local path or an ``s3://`` URI."""
+    uri = str(uri)
+    if is_s3(uri):
+        return _s3(), uri[len("s3://"):]
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def join(base: str, *parts: str) -> str:
+    base = str(base)
+    return posixpath.join(base, *parts) if is_s3(base) else os.path.join(base, *parts)
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def size(uri: str) -> int:
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise FileNotFoundError(f"{uri}: no such file")
+    return info.size
+
+
+def open_input(uri: str):
+    """A seekable binary file (random access: FITS section reads fetch only the bytes they need)."""
+    fs, path = resolve(uri)
+    try:
+        return fs.open_input_file(path)
+    except (FileNotFoundError, OSError) as exc:
+        raise FileNotFoundError(f"{uri}: cannot open ({exc})") from exc
+
+
+def read_bytes(uri: str) -> bytes:
+    with open_input(uri) as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write atomically: a reader never sees a partial file (local: temp file + rename; S3: one PUT)."""
+    fs, path = resolve(uri)
+    parent = posixpath.dirname(path) if is_s3(uri) else os.path.dirname(path)
+    if not is_s3(uri):
+        fs.create_dir(parent, recursive=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def glob(pattern: str) -> list[str]:
+    """Expand a glob (``*``, ``?``, ``[]`` in the last path component) on local disk or S3, sorted."""
+    pattern = str(pattern)
+    fs, path = resolve(pattern)
+    parent, name = posixpath.split(path) if is_s3(pattern) else os.path.split(path)
+    info = fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+    hits = sorted(i.path for i in info if i.type == pafs.FileType.File and fnmatch.fnmatch(i.base_name, name))
+    return ["s3://" + h for h in hits] if is_s3(pattern) else hits
