@@ -1,0 +1,179 @@
+"""Follow a run's steps on a cluster: state changes, a progress line per stage, the cost estimate.
+
+Cost = instance-hours x (EC2 price for the instance's market + EMR price) from conf/emr.yaml. With
+the cluster's instance list (``list_instances``: type, market, start and end times) the hours are
+the instances' own; before instances are listed (or where the API lists none) the estimate uses
+the requested fleet capacities priced at the dearest type of each fleet over the cluster's
+lifetime, and says so.
+"""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+from emr.steps import STEP_NAME
+
+DONE_STEP = {"COMPLETED"}
+BAD_STEP = {"FAILED", "CANCELLED", "INTERRUPTED"}
+ENDED_CLUSTER = {"TERMINATED", "TERMINATED_WITH_ERRORS"}
+
+
+class RunFailed(RuntimeError):
+    """A stage failed, was cancelled, or the cluster ended before the run finished."""
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def instance_cost(instances: list[dict], pricing: dict, now: datetime) -> tuple[float, float]:
+    """``(usd, instance_hours)`` from ``list_instances`` entries (InstanceType, Market, Status.Timeline)."""
+    usd = hours = 0.0
+    for inst in instances:
+        timeline = inst.get("Status", {}).get("Timeline", {})
+        start = timeline.get("CreationDateTime")
+        if start is None:
+            continue
+        end = timeline.get("EndDateTime") or now
+        h = (end - start).total_seconds() / 3600.0
+        price = pricing[inst["InstanceType"]]
+        ec2 = price["ec2_spot"] if inst.get("Market") == "SPOT" else price["ec2_on_demand"]
+        usd += h * (ec2 + price["emr"])
+        hours += h
+    return usd, hours
+
+
+def capacity_cost(cfg: dict, seconds: float) -> tuple[float, float]:
+    """``(usd, instance_hours)`` for the requested capacities over ``seconds``: an upper bound
+    (each fleet priced at its dearest instance type)."""
+    h = seconds / 3600.0
+    usd = hours = 0.0
+    for fleet in cfg["fleets"].values():
+        prices = [cfg["pricing"][t] for t in fleet["instance_types"]]
+        od = max(p["ec2_on_demand"] + p["emr"] for p in prices)
+        spot = max(p["ec2_spot"] + p["emr"] for p in prices)
+        usd += h * (fleet["on_demand"] * od + fleet["spot"] * spot)
+        hours += h * (fleet["on_demand"] + fleet["spot"])
+    return usd, hours
+
+
+def estimate_cost(emr, cluster_id: str, cfg: dict, cluster: dict, now: datetime) -> str:
+    """One line: estimated USD, instance-hours and how they were counted."""
+    instances, marker = [], None
+    while True:
+        kw = {"ClusterId": cluster_id, **({"Marker": marker} if marker else {})}
+        page = emr.list_instances(**kw)
+        instances += page.get("Instances", [])
+        marker = page.get("Marker")
+        if not marker:
+            break
+    if instances:
+        usd, hours = instance_cost(instances, cfg["pricing"], now)
+        how = f"{len(instances)} instances as listed by EMR"
+    else:
+        timeline = cluster["Status"]["Timeline"]
+        end = timeline.get("EndDateTime") or now
+        usd, hours = capacity_cost(cfg, (end - timeline["CreationDateTime"]).total_seconds())
+        how = "requested fleet capacity at the dearest listed type (upper bound; no instances listed)"
+    return f"estimated cost ${usd:.2f} for {hours:.2f} instance-hours ({how}; prices from conf/emr.yaml)"
+
+
+def run_steps(emr, cluster_id: str, run_id: str) -> list[dict]:
+    """The run's steps on the cluster, in stage order (from their ``lensinj:<run_id>:i/n:`` names)."""
+    steps, marker = [], None
+    while True:
+        page = emr.list_steps(ClusterId=cluster_id, **({"Marker": marker} if marker else {}))
+        steps += page["Steps"]
+        marker = page.get("Marker")
+        if not marker:
+            break
+    mine = []
+    for s in steps:
+        m = STEP_NAME.match(s["Name"])
+        if m and m["run_id"] == run_id:
+            mine.append((int(m["index"]), s))
+    return [s for _, s in sorted(mine, key=lambda t: t[0])]
+
+
+def latest_run_id(emr, cluster_id: str) -> str:
+    """The run id of the most recently added lensinj step on the cluster."""
+    page = emr.list_steps(ClusterId=cluster_id)  # newest first
+    for s in page["Steps"]:
+        m = STEP_NAME.match(s["Name"])
+        if m:
+            return m["run_id"]
+    raise RunFailed(f"cluster {cluster_id} has no lensinj steps to follow")
+
+
+def failure_message(emr, cluster_id: str, step: dict, index: int, total: int, module: str) -> str:
+    detail = emr.describe_step(ClusterId=cluster_id, StepId=step["Id"])["Step"]["Status"]
+    fd = detail.get("FailureDetails") or {}
+    why = "; ".join(x for x in (fd.get("Reason"), fd.get("Message")) if x) or "EMR gave no failure details"
+    log = fd.get("LogFile") or f"<log uri>/{cluster_id}/steps/{step['Id']}/stderr.gz"
+    return (f"stage {index}/{total} {module} (step {step['Id']}) {detail['State']}: {why}. "
+            f"Driver log: {log}")
+
+
+def follow(emr, cluster_id: str, run_id: str, cfg: dict, outputs: list[str | None], *,
+           poll_seconds: float, sleep=time.sleep, out=print, clock=time.monotonic) -> dict:
+    """Poll until every step of ``run_id`` completed; print state changes and a progress line per
+    stage at each change. Return a summary dict; raise :class:`RunFailed` naming the failed stage.
+
+    ``sleep``/``clock`` are injectable so tests can drive EMR state between polls.
+    """
+    start = clock()
+    seen: dict[str, str] = {}
+    stage_started: dict[str, float] = {}
+    cluster_state = None
+    while True:
+        steps = run_steps(emr, cluster_id, run_id)
+        if not steps:
+            raise RunFailed(f"cluster {cluster_id} has no steps of run {run_id}")
+        total = len(steps)
+        cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
+        now_state = cluster["Status"]["State"]
+        if now_state != cluster_state:
+            out(f"cluster {cluster_id}: {cluster_state or 'new'} -> {now_state}")
+            cluster_state = now_state
+        changed = False
+        for i, step in enumerate(steps, start=1):
+            state = step["Status"]["State"]
+            module = STEP_NAME.match(step["Name"])["module"]
+            if seen.get(step["Id"]) != state:
+                out(f"stage {i}/{total} {module}: {seen.get(step['Id'], 'new')} -> {state}")
+                seen[step["Id"]] = state
+                changed = True
+                if state == "RUNNING":
+                    stage_started[step["Id"]] = clock()
+            if state in BAD_STEP:
+                raise RunFailed(failure_message(emr, cluster_id, step, i, total, module))
+        done = sum(s["Status"]["State"] in DONE_STEP for s in steps)
+        if changed:
+            for i, step in enumerate(steps, start=1):
+                state = step["Status"]["State"]
+                module = STEP_NAME.match(step["Name"])["module"]
+                took = (f" {_hms(clock() - stage_started[step['Id']])}"
+                        if state == "RUNNING" and step["Id"] in stage_started else "")
+                out(f"  [{i}/{total}] {module:<34} {state}{took}")
+            out(f"  progress: {done}/{total} stages done, {_hms(clock() - start)} elapsed")
+        if done == total:
+            break
+        if now_state in ENDED_CLUSTER:
+            reason = cluster["Status"].get("StateChangeReason", {})
+            raise RunFailed(f"cluster {cluster_id} {now_state} before the run finished: "
+                            f"{reason.get('Code', '')} {reason.get('Message', '')}".strip())
+        sleep(poll_seconds)
+    now = datetime.now(timezone.utc)
+    cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
+    created = min(s["Status"]["Timeline"]["CreationDateTime"] for s in steps)
+    ended = max(s["Status"]["Timeline"].get("EndDateTime") or now for s in steps)
+    # Wall time of the run: from its steps' submission (cluster start included) to the last step's end.
+    summary = {"cluster_id": cluster_id, "run_id": run_id, "wall_seconds": (ended - created).total_seconds(),
+               "outputs": [o for o in outputs if o],
+               "cost": estimate_cost(emr, cluster_id, cfg, cluster, now)}
+    out(f"run {run_id} done: {total}/{total} stages in {_hms(summary['wall_seconds'])}")
+    for o in summary["outputs"]:
+        out(f"  output: {o}")
+    out(f"  {summary['cost']}")
+    return summary
