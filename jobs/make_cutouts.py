@@ -13,7 +13,7 @@ Output: a Parquet dataset (bucketed by target_id) with one row per target: ``ok`
 ``image``/``invvar`` (float32) and ``maskbits`` (int32) as Arrow fixed-size lists, band-major
 (n_bands, H, W) flattened row-major (maskbits: one (H, W) plane), shapes and band order in the
 schema metadata; ``dx_pix, dy_pix`` (target offset from the stamp centre (N-1)/2), PSF FWHM per band,
-``bytes_read`` / ``file_bytes``, ``code_version``, ``config_hash``. Beside it ``<OUT>_summary.json``:
+``bytes_read`` / ``file_bytes``, ``code_version``, ``config_hash``. With it ``<OUT>/_summary.json``:
 counts by fail_reason and bytes read per stamp against the whole files' size.
 """
 from __future__ import annotations
@@ -182,7 +182,7 @@ def run(args) -> dict:
                           skip_existing=args.skip_existing)
     summary = _summarise(args.output, cfg, version, chash)
     summary["files"] = files
-    write_json(args.output.rstrip("/") + "_summary.json", summary)
+    write_json(storage.join(args.output, "_summary.json"), summary)
     return summary
 
 

@@ -61,7 +61,7 @@ def read_catalog(uri: str, bands: str = "grz") -> pd.DataFrame:
     missing = [c for c in need if c not in tab.colnames]
     if missing:
         raise ValueError(f"{uri}: catalogue lacks column(s) {', '.join(missing)}")
-    out = pd.DataFrame({c.lower(): np.asarray(tab[c]) for c in need})
+    out = pd.DataFrame({c.lower(): _native(tab[c]) for c in need})
     for c in SHAPE_COLS + [f"psfsize_{b}" for b in bands]:
         out[c] = np.asarray(tab[c.upper()], dtype=np.float64) if c.upper() in tab.colnames else np.nan
     for c in ("brickname", "type"):
@@ -69,6 +69,11 @@ def read_catalog(uri: str, bands: str = "grz") -> pd.DataFrame:
         out[c] = out[c].str.strip()
     out["source"] = uri
     return out
+
+
+def _native(col) -> np.ndarray:
+    arr = np.asarray(col)
+    return arr.astype(arr.dtype.newbyteorder("=")) if arr.dtype.byteorder not in ("=", "|") else arr
 
 
 def read_catalogs(uris: list[str], bands: str = "grz") -> pd.DataFrame:
@@ -240,7 +245,7 @@ def _header(brick: Brick, rendered: dict, kind: str, band: str | None) -> fits.H
         h["BUNIT"] = ("nanomaggy", "AB mag = 22.5 - 2.5*log10(nanomaggy)")
     elif kind == "invvar":
         h["BUNIT"] = "1/nanomaggy^2"
-    h["SAMPSKY"] = (True, "rendered stand-in from catalogue models, not real data")
+    h["SAMPSKY"] = (True, "rendered stand-in, NOT real survey data")
     h["SECX0"], h["SECY0"] = (x0, "section origin x in the brick pixel grid"), (y0, "section origin y")
     if band:
         h["PSFFWHM"] = (rendered["psf_fwhm"][band], "[arcsec] Gaussian PSF FWHM used")
