@@ -285,8 +285,8 @@ def render_unit_arcs(lens: Lens, *, npix: int, pixel_scale: float, mode: np.ndar
     lens_p = np.array([sie_kernel_params(lens.theta_e[i], lens.e1[i], lens.e2[i], lens.center_x[i],
                                          lens.center_y[i], lens.gamma1[i], lens.gamma2[i])
                        for i in range(nb)], dtype=np.float64).reshape(nb, 8)
-    src_xy = np.ascontiguousarray(np.stack(np.broadcast_arrays(
-        np.asarray(src_x, dtype=np.float64), np.asarray(src_y, dtype=np.float64)), axis=-1).reshape(nb, 2))
+    src_xy = np.stack([np.broadcast_to(np.asarray(v, dtype=np.float64), (nb,)) for v in (src_x, src_y)],
+                      axis=-1)
     src_phi = np.broadcast_to(np.asarray(src_phi, dtype=np.float64), (nb,)).copy()
     sersic_p = np.zeros((nb, 5))
     is_sersic = mode == MODE_SERSIC
