@@ -9,6 +9,7 @@ statement per input prefix (``{{input_bucket}}``/``{{input_key}}``).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 TEMPLATE = Path(__file__).with_name("iam_job_role_policy.json")
@@ -51,7 +52,7 @@ def render_policy(run_prefix: str, input_uris: list[str]) -> dict:
             st["Resource"] = [f"arn:aws:s3:::{b}/{k}/*" if k else f"arn:aws:s3:::{b}/*" for b, k in s3_inputs]
         statements.append(st)
     policy = {"Version": template["Version"], "Statement": statements}
-    left = [t for t in ("{{", "}}") if t in json.dumps(policy)]
+    left = re.findall(r"\{\{\w+\}\}", json.dumps(policy))
     if left:
-        raise ValueError(f"{TEMPLATE}: unreplaced template tokens remain in the rendered policy")
+        raise ValueError(f"{TEMPLATE}: unreplaced template tokens {sorted(set(left))} in the rendered policy")
     return policy

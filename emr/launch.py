@@ -158,12 +158,14 @@ def plan(args) -> dict:
     inputs = _used_inputs(pipeline)
     locations, input_uploads = _input_locations(inputs, prefix)
     stages = steps_mod.stage_args(pipeline, prefix, locations)
+    committed = set(_committed_confs(sha))
     for module, stage_argv, _ in stages:
         for a in stage_argv:
-            if a.startswith(paths["conf"] + "/"):
-                name = a[len(paths["conf"]) + 1:]
-                if not (REPO_ROOT / "conf" / name).is_file():
-                    raise ConfigError(f"{module} reads {a} but conf/{name} does not exist in this checkout")
+            if a.startswith(paths["conf"] + "/") and f"conf/{a[len(paths['conf']) + 1:]}" not in committed:
+                msg = f"{module} reads {a} but conf/{a[len(paths['conf']) + 1:]} is not committed at HEAD {sha[:12]}"
+                if not (args.dry_run or args.print_iam_policy):
+                    raise ConfigError(msg)
+                _log(f"warning: {msg}; a launch would refuse")
     req_hash = hashlib.sha256(b"".join(_git_show(sha, f) for f in BOOTSTRAP_FILES[1:])).hexdigest()[:16]
     chash = config_hash({"emr": cfg, "pipeline": pipeline, "inputs": locations})
     run = {"run_id": run_id, "prefix": prefix, "code_version": sha, "config_hash": chash,
@@ -251,7 +253,8 @@ def main(argv: list[str] | None = None, *, session=None, sleep=time.sleep) -> in
         _log(f"error: {exc}")
         return 2
     if args.print_iam_policy:
-        s3_inputs = [u for u in p["inputs"].values() if u.startswith("s3://")]
+        s3_inputs = [u for u in p["inputs"].values()
+                     if u.startswith("s3://") and not u.startswith(p["run"]["prefix"] + "/")]
         print(json.dumps(render_policy(p["run"]["prefix"], s3_inputs), indent=2))
         return 0
     if args.dry_run:
