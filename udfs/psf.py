@@ -74,29 +74,32 @@ def psfex_kernel(uri: str, x: float, y: float, pixel_scale: float, size: int = 6
                  psfex_pixel_scale: float = DECAM_PIXEL_SCALE) -> np.ndarray:
     """PSF image of a Legacy Survey PSFEx model (``*-psfex.fits``) at CCD pixel ``(x, y)``.
 
-    Sums the polynomial basis (``POLZERO``/``POLSCAL``/``POLDEG`` table columns, PSFEx term order
-    ``x^i y^j`` with ``i`` fastest) and resamples it with GalSim from the model's sampling
-    (``psf_samp * psfex_pixel_scale``) onto ``pixel_scale``.
+    Legacy Survey files keep PSFEx's keywords (POLZERO, POLSCAL, POLDEG, PSF_SAMP, ...) as table
+    columns; they are moved into the header so that GalSim's ``DES_PSFEx`` evaluates the
+    polynomial basis, and the result is resampled from the model's sampling
+    (``psf_samp * psfex_pixel_scale`` arcsec) onto ``pixel_scale``.
     """
+    import galsim.des
+
     try:
         with fits.open(storage.open_input(uri)) as hdul:
-            row = hdul[1].data[0]
-            basis = np.asarray(row["psf_mask"], dtype=np.float64)
-            deg = int(row["poldeg1"])
-            zx, zy = float(row["polzero1"]), float(row["polzero2"])
-            sx, sy = float(row["polscal1"]), float(row["polscal2"])
-            samp = float(row["psf_samp"])
+            table = hdul[1]
+            row = table.data[0]
+            header = fits.Header()
+            for key in ("polnaxis", "polzero1", "polzero2", "polscal1", "polscal2", "polname1",
+                        "polname2", "polngrp", "polgrp1", "polgrp2", "poldeg1", "psfnaxis",
+                        "psfaxis1", "psfaxis2", "psfaxis3", "psf_samp"):
+                value = row[key]
+                header[key.upper()] = value.item() if hasattr(value, "item") else str(value).strip()
+            hdu = fits.BinTableHDU.from_columns(
+                [fits.Column(name="PSF_MASK", format=table.columns["psf_mask"].format,
+                             dim=table.columns["psf_mask"].dim, array=table.data["psf_mask"][:1])],
+                header=header)
+            model = galsim.des.DES_PSFEx(hdu)
     except (OSError, KeyError, IndexError, TypeError) as exc:
         raise ValueError(f"{uri}: not a readable Legacy Survey PSFEx model ({exc})") from exc
-    dx, dy = (x - zx) / sx, (y - zy) / sy
-    terms = [dx ** i * dy ** j for j in range(deg + 1) for i in range(deg + 1 - j)]
-    if len(terms) != basis.shape[0]:
-        raise ValueError(f"{uri}: {basis.shape[0]} basis images but degree {deg} needs {len(terms)}")
-    image = np.tensordot(np.asarray(terms), basis, axes=1)
-    if not np.isfinite(image).all() or image.sum() <= 0:
-        raise ValueError(f"{uri}: PSF model at ({x}, {y}) has no positive flux")
-    interp = galsim.InterpolatedImage(galsim.Image(image / image.sum(), scale=samp * psfex_pixel_scale))
-    return _draw(interp, size, pixel_scale)
+    psf = model.getPSF(galsim.PositionD(x, y))  # in CCD pixel units
+    return _draw(psf, size, pixel_scale / psfex_pixel_scale)
 
 
 def kernel_centroid(kernel: np.ndarray) -> tuple[float, float]:
