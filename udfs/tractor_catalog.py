@@ -123,8 +123,8 @@ def read_catalog(uri: str) -> Catalog:
         bad = (cols["PHOTSYS"] != ps)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise CatalogError(f"{uri}: row {i}: column PHOTSYS={cols['PHOTSYS'][i]!r} disagrees with "
-                               f"RELEASE={int(cols['RELEASE'][i])} (camera implies {ps[i]!r})")
+            raise CatalogError(f"{uri}: row {i}: column PHOTSYS={str(cols['PHOTSYS'][i])!r} disagrees with "
+                               f"RELEASE={int(cols['RELEASE'][i])} (camera implies {str(ps[i])!r})")
     return Catalog(uri=uri, columns=cols, data_release=dr, photsys=ps)
 
 
