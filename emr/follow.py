@@ -116,7 +116,8 @@ def failure_message(emr, cluster_id: str, step: dict, index: int, total: int, mo
 
 
 def follow(emr, cluster_id: str, run_id: str, cfg: dict, outputs: list[str | None], *,
-           poll_seconds: float, sleep=time.sleep, out=print, clock=time.monotonic) -> dict:
+           poll_seconds: float, sleep=time.sleep, out=print, clock=time.monotonic,
+           heartbeat_seconds: float = 300.0) -> dict:
     """Poll until every step of ``run_id`` completed; print state changes and a progress line per
     stage at each change. Return a summary dict; raise :class:`RunFailed` naming the failed stage.
 
@@ -126,6 +127,7 @@ def follow(emr, cluster_id: str, run_id: str, cfg: dict, outputs: list[str | Non
     seen: dict[str, str] = {}
     stage_started: dict[str, float] = {}
     cluster_state = None
+    last_line = start
     while True:
         steps = run_steps(emr, cluster_id, run_id)
         if not steps:
@@ -136,7 +138,7 @@ def follow(emr, cluster_id: str, run_id: str, cfg: dict, outputs: list[str | Non
         if now_state != cluster_state:
             out(f"cluster {cluster_id}: {cluster_state or 'new'} -> {now_state}")
             cluster_state = now_state
-        changed = False
+        changed, failed = False, None
         for i, step in enumerate(steps, start=1):
             state = step["Status"]["State"]
             module = STEP_NAME.match(step["Name"])["module"]
@@ -146,8 +148,8 @@ def follow(emr, cluster_id: str, run_id: str, cfg: dict, outputs: list[str | Non
                 changed = True
                 if state == "RUNNING":
                     stage_started[step["Id"]] = clock()
-            if state in BAD_STEP:
-                raise RunFailed(failure_message(emr, cluster_id, step, i, total, module))
+            if state in BAD_STEP and failed is None:
+                failed = (step, i, module)
         done = sum(s["Status"]["State"] in DONE_STEP for s in steps)
         if changed:
             for i, step in enumerate(steps, start=1):
@@ -157,6 +159,17 @@ def follow(emr, cluster_id: str, run_id: str, cfg: dict, outputs: list[str | Non
                         if state == "RUNNING" and step["Id"] in stage_started else "")
                 out(f"  [{i}/{total}] {module:<34} {state}{took}")
             out(f"  progress: {done}/{total} stages done, {_hms(clock() - start)} elapsed")
+            last_line = clock()
+        elif clock() - last_line >= heartbeat_seconds:
+            running = [(i, s) for i, s in enumerate(steps, start=1) if s["Status"]["State"] == "RUNNING"]
+            for i, step in running:
+                module = STEP_NAME.match(step["Name"])["module"]
+                out(f"  [{i}/{total}] {module} RUNNING {_hms(clock() - stage_started.get(step['Id'], start))}; "
+                    f"{done}/{total} stages done, {_hms(clock() - start)} elapsed")
+            last_line = clock()
+        if failed is not None:
+            step, i, module = failed
+            raise RunFailed(failure_message(emr, cluster_id, step, i, total, module))
         if done == total:
             break
         if now_state in ENDED_CLUSTER:

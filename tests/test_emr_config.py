@@ -1,0 +1,138 @@
+"""conf/emr.yaml and conf/pipeline.yaml validation, the EMR Spark / pyspark pin consistency, the
+hashed bootstrap requirements and the job-role IAM policy."""
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import yaml
+
+from emr.config import (EMR_CONFIG, EMR_SPARK_VERSIONS, PIPELINE_CONFIG, STAGE_MODULES, ConfigError,
+                        load_emr_config, load_pipeline_config, pinned_pyspark, validate_emr_config,
+                        validate_pipeline_config)
+from emr.iam import render_policy
+from emr.lock import BUILD_OUT, EXCLUDED, RUNTIME_OUT, canonical, read_pins
+from emr.steps import stage_args
+from udfs.provenance import REPO_ROOT
+
+
+def test_emr_release_spark_matches_pinned_pyspark():
+    text = (REPO_ROOT / "requirements.txt").read_text()
+    pyspark = re.search(r"^pyspark==(\S+)$", text, re.M).group(1)
+    cfg = load_emr_config()
+    assert cfg["release_label"] == "emr-7.5.0"
+    assert EMR_SPARK_VERSIONS[cfg["release_label"]] == cfg["spark_version"] == pyspark == "3.5.2"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(release_label="emr-7.8.0", spark_version="3.5.4"),
+     "emr-7.8.0 ships Spark 3.5.4 but requirements.txt pins pyspark==3.5.2"),
+    (lambda c: c.update(spark_version="3.5.1"), "'spark_version' 3.5.1 does not match emr-7.5.0"),
+    (lambda c: c.update(release_label="emr-6.15.0"), "'release_label' 'emr-6.15.0' is not in"),
+    (lambda c: c["fleets"]["core"].pop("spot"), "missing key 'fleets.core.spot'"),
+    (lambda c: c["fleets"]["task"]["instance_types"].append("c7g.large"), "'pricing.c7g.large' is missing"),
+    (lambda c: c["fleets"]["primary"].update(spot=1), "'fleets.primary' must be exactly one on-demand"),
+    (lambda c: c["spark"].update(executor_memory="6 GB"), "'spark.executor_memory' must look like"),
+    (lambda c: c.update(auto_termination_idle_seconds=10), "'auto_termination_idle_seconds' must be 60..604800"),
+    (lambda c: c.update(action_on_failure="CONTINUE"), "'action_on_failure' is 'CONTINUE'"),
+    (lambda c: c.update(s3_root="s3://bucket/"), "'s3_root' must look like"),
+    (lambda c: c.update(numba_cache_dir="/home/hadoop/numba"), "'numba_cache_dir' must be on node-local disk"),
+])
+def test_emr_config_errors_name_the_key(edit, message):
+    cfg = yaml.safe_load(EMR_CONFIG.read_text())
+    edit(cfg)
+    with pytest.raises(ConfigError) as exc:
+        validate_emr_config(cfg, pinned_pyspark())
+    assert message in str(exc.value)
+
+
+def test_emr_config_load_names_the_file(tmp_path):
+    cfg = yaml.safe_load(EMR_CONFIG.read_text())
+    del cfg["tags"]
+    bad = tmp_path / "emr.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=rf"{bad}: missing key 'tags'"):
+        load_emr_config(bad)
+
+
+def test_pipeline_config_stages_and_placeholders():
+    pipeline = load_pipeline_config()
+    assert tuple(s["module"] for s in pipeline["stages"]) == STAGE_MODULES
+    stages = stage_args(pipeline, "s3://b/r/RUN", {"sweeps": "s3://b/r/RUN/inputs/sweeps",
+                                                   "cosmos": "s3://b/r/RUN/inputs/cosmos",
+                                                   "coadds": "https://example.org/dr10/south"})
+    args = dict((m, a) for m, a, _ in stages)
+    assert args["jobs.select_lrgs"][:4] == ["--input", "s3://b/r/RUN/inputs/sweeps/*.fits", "--output", "s3://b/r/RUN/targets"]
+    assert "--bank" in args["jobs.inject_stamps"] and "s3://b/r/RUN/bank/bank.h5" in args["jobs.inject_stamps"]
+    assert all("{" not in a for _, argv, _ in stages for a in argv)
+
+    bad = copy.deepcopy(pipeline)
+    bad["stages"][3]["args"].append("{inputs.nosuch}")
+    with pytest.raises(ConfigError, match=r"stages\[3\] \(jobs.make_cutouts\): unknown placeholder \{inputs.nosuch\}"):
+        stage_args(bad, "s3://b/r/RUN", {"sweeps": "x", "cosmos": "y", "coadds": "z"})
+    swapped = copy.deepcopy(pipeline)
+    swapped["stages"][0], swapped["stages"][1] = swapped["stages"][1], swapped["stages"][0]
+    with pytest.raises(ConfigError, match="must be the six stages in order"):
+        validate_pipeline_config(swapped)
+
+
+def test_pipeline_stage_args_match_job_parsers(capsys):
+    """Every --flag a stage passes exists in that job's argparse (for jobs that exist already)."""
+    import importlib
+
+    checked = 0
+    for stage in yaml.safe_load(PIPELINE_CONFIG.read_text())["stages"]:
+        if not (REPO_ROOT / (stage["module"].replace(".", "/") + ".py")).exists():
+            continue
+        module = importlib.import_module(stage["module"])
+        with pytest.raises(SystemExit):
+            module.main(["--help"])
+        helptext = capsys.readouterr().out
+        for flag in (a for a in stage["args"] if a.startswith("--")):
+            assert re.search(rf"(^|[\s,\[]){re.escape(flag)}([\s,=\]]|$)", helptext, re.M), \
+                f"{stage['module']} has no {flag} option"
+        checked += 1
+    assert checked >= 1
+
+
+def test_hashed_bootstrap_requirements_match_the_pins():
+    constraints = read_pins(REPO_ROOT / "constraints.txt")
+    runtime_text = RUNTIME_OUT.read_text()
+    entries = re.findall(r"^([A-Za-z0-9._-]+)==(\S+) \\\n    --hash=sha256:([0-9a-f]{64})$", runtime_text, re.M)
+    pins = {canonical(n): v for n, v, _ in entries}
+    # every requirement line carries a hash
+    assert len(entries) == sum(1 for line in runtime_text.splitlines() if "==" in line)
+    direct = read_pins(REPO_ROOT / "requirements.txt")
+    for name, version in direct.items():
+        if name in EXCLUDED:
+            assert name not in pins
+        else:
+            assert pins[name] == version
+    for name, version in pins.items():
+        if name in constraints:
+            assert constraints[name] == version, name
+    build = re.findall(r"^([A-Za-z0-9._-]+)==(\S+) \\\n    --hash=sha256:[0-9a-f]{64}$", BUILD_OUT.read_text(), re.M)
+    assert {canonical(n) for n, _ in build} >= {"pip", "setuptools", "setuptools-scm"}
+    assert dict((canonical(n), v) for n, v in build)["setuptools"] == pins["setuptools"]
+
+
+def test_job_role_policy_is_least_privilege():
+    policy = render_policy("s3://runs-bucket/lensinj/R1", ["s3://survey-mirror/dr10/sweep"])
+    writes = {"s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"}
+    resources_with_write = set()
+    for st in policy["Statement"]:
+        assert st["Effect"] == "Allow"
+        assert not any(a in ("*", "s3:*") for a in st["Action"])
+        assert "*" not in st["Resource"]
+        if writes & set(st["Action"]):
+            resources_with_write.update(st["Resource"])
+    assert resources_with_write == {"arn:aws:s3:::runs-bucket/lensinj/R1/*"}
+    reads = {r for st in policy["Statement"] if st["Action"] == ["s3:GetObject"] for r in st["Resource"]}
+    assert reads == {"arn:aws:s3:::survey-mirror/dr10/sweep/*"}
+    lists = {st["Resource"][0]: st["Condition"]["StringLike"]["s3:prefix"]
+             for st in policy["Statement"] if st["Action"] == ["s3:ListBucket"]}
+    assert lists == {"arn:aws:s3:::runs-bucket": ["lensinj/R1", "lensinj/R1/*"],
+                     "arn:aws:s3:::survey-mirror": ["dr10/sweep", "dr10/sweep/*"]}
+    only_run = render_policy("s3://runs-bucket/lensinj/R1", [])
+    assert [st["Sid"] for st in only_run["Statement"]] == ["ReadWriteRunPrefix", "ListRunPrefix", "BucketLocation"]
