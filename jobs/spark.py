@@ -91,7 +91,7 @@ def write_parquet(df: DataFrame, uri: str, *, key: list[str], n_buckets: int,
                 part = part.sort_values(key, kind="stable").drop(columns=partition_by + [BUCKET_COL])
                 table = pa.Table.from_pandas(part, preserve_index=False)
                 if schema is not None:
-                    table = table.select(schema.names).cast(schema)
+                    table = _null_lists_to_null_items(table.select(schema.names), schema).cast(schema)
                 storage.write_bytes(path, parquet_bytes(table))
                 status = "written"
             yield pd.DataFrame({"path": [path], "rows": [len(part)], "status": [status]})
@@ -99,6 +99,29 @@ def write_parquet(df: DataFrame, uri: str, *, key: list[str], n_buckets: int,
     out = bucketed.repartition(n_buckets, BUCKET_COL).mapInPandas(
         write, "path string, rows long, status string")
     return [r.asDict() for r in out.orderBy("path").collect()]
+
+
+def _null_lists_to_null_items(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Columns bound for a fixed-size list of size n: a null entry becomes n null items.
+
+    pyarrow 17's Parquet writer cannot store null fixed-size lists (it raises, or after a cast from
+    variable-size lists writes a file that cannot be read back), so e.g. the pixels of a failed row
+    are stored as a list of nulls: no value, never a zero.
+    """
+    import pyarrow.compute as pc
+
+    for i, field in enumerate(schema):
+        col = table.column(i)
+        if not (pa.types.is_fixed_size_list(field.type) and col.null_count):
+            continue
+        n = field.type.list_size
+        if pa.types.is_null(col.type):  # every entry null (pandas gave no element type)
+            items = pa.FixedSizeListArray.from_arrays(pa.nulls(len(col) * n, field.type.value_type), n)
+            table = table.set_column(i, field, items)
+        elif not pa.types.is_fixed_size_list(col.type):
+            empty = pa.scalar([None] * n, col.type)
+            table = table.set_column(i, table.field(i), pc.if_else(pc.is_null(col), empty, col))
+    return table
 
 
 def dataset_files(uri: str) -> list[str]:
