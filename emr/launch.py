@@ -163,9 +163,9 @@ def plan(args) -> dict:
         for a in stage_argv:
             if a.startswith(paths["conf"] + "/") and f"conf/{a[len(paths['conf']) + 1:]}" not in committed:
                 msg = f"{module} reads {a} but conf/{a[len(paths['conf']) + 1:]} is not committed at HEAD {sha[:12]}"
-                if not (args.dry_run or args.print_iam_policy):
-                    raise ConfigError(msg)
-                _log(f"warning: {msg}; a launch would refuse")
+                if not (args.dry_run or args.print_iam_policy or args.force):
+                    raise ConfigError(msg + " (commit it, or --force to launch anyway)")
+                _log(f"warning: {msg}; that stage will fail")
     req_hash = hashlib.sha256(b"".join(_git_show(sha, f) for f in BOOTSTRAP_FILES[1:])).hexdigest()[:16]
     chash = config_hash({"emr": cfg, "pipeline": pipeline, "inputs": locations})
     run = {"run_id": run_id, "prefix": prefix, "code_version": sha, "config_hash": chash,
