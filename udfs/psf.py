@@ -35,9 +35,10 @@ def _check_fwhm(fwhm: float, band: str = "") -> float:
 
 @lru_cache(maxsize=4096)
 def gaussian_kernel(fwhm: float, pixel_scale: float, size: int | None = None) -> np.ndarray:
-    """Gaussian PSF of ``fwhm`` arcsec on ``pixel_scale`` pixels (default size: +-3 FWHM)."""
+    """Gaussian PSF of ``fwhm`` arcsec on ``pixel_scale`` pixels (default size: +-2 FWHM, i.e.
+    4.7 sigma, beyond which 1.6e-5 of the flux lies)."""
     fwhm = _check_fwhm(fwhm)
-    k = _kernel_size(3.0 * fwhm, pixel_scale, size)
+    k = _kernel_size(2.0 * fwhm, pixel_scale, size)
     return _draw(galsim.Gaussian(fwhm=fwhm), k, pixel_scale)
 
 
