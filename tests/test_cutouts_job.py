@@ -101,6 +101,10 @@ def test_sample_sky_then_cutouts_for_a_sweep_lrg(spark, tmp_path, data_root):
     assert [b["brickname"] for b in info["bricks"]] == ["3381m017"] and info["bricks"][0]["n_sources"] >= 1
     assert make_cutouts.main(["--targets", str(tmp_path / "targets"), "--coadd-base", sky,
                               "--output", str(tmp_path / "cutouts"), "--n-buckets", "1"]) == 0
+    assert make_cutouts.main(["--targets", str(tmp_path / "targets"), "--coadd-base", sky,
+                              "--output", str(tmp_path / "again"), "--n-buckets", "1"]) == 0
+    assert [open(f, "rb").read() for f in dataset_files(str(tmp_path / "cutouts"))] == \
+        [open(f, "rb").read() for f in dataset_files(str(tmp_path / "again"))]  # byte-identical rerun
     row = _read(str(tmp_path / "cutouts"))[0].to_pandas().iloc[0]
     assert row["ok"] and row["has_maskbits"] and row["bands"] == "grz"
     img = np.asarray(row["image"]).reshape(3, 64, 64)
