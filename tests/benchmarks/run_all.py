@@ -10,7 +10,7 @@ import json
 import sys
 import time
 
-BENCHMARKS = ["tests.benchmarks.bench_render"]
+BENCHMARKS = ["tests.benchmarks.bench_render", "tests.benchmarks.bench_cutouts"]
 
 
 def main() -> int:
