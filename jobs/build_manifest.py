@@ -77,15 +77,18 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"{args.targets}: missing column{'s' if len(missing) > 1 else ''} "
                      f"{', '.join(missing)} (needed by the manifest)")
     targets = targets.select(*TARGET_COLUMNS).persist()
-    n_targets = targets.count()
-    dup = targets.groupBy("target_id").count().filter("count > 1").orderBy("target_id").first()
-    if dup is not None:
+    stats = targets.agg(F.count(F.lit(1)).alias("n"), F.countDistinct("target_id").alias("ids"),
+                        *[F.sum(F.col(c).isNull().cast("int")).alias(c) for c in TARGET_COLUMNS]).first()
+    n_targets = stats["n"]
+    if stats["ids"] != n_targets:
+        targets.unpersist()
+        dup = targets.groupBy("target_id").count().filter("count > 1").orderBy("target_id").first()
         return _fail(f"{args.targets}: column target_id: {dup['target_id']!r} occurs {dup['count']} "
                      "times (seeds would repeat)")
-    nulls = targets.select([F.sum(F.col(c).isNull().cast("int")).alias(c) for c in TARGET_COLUMNS]).first()
-    bad = [c for c in TARGET_COLUMNS if nulls[c]]
+    bad = [c for c in TARGET_COLUMNS if stats[c]]
     if bad:
-        return _fail(f"{args.targets}: column {bad[0]}: {nulls[bad[0]]} null values")
+        targets.unpersist()
+        return _fail(f"{args.targets}: column {bad[0]}: {stats[bad[0]]} null values")
 
     version = code_version()
 

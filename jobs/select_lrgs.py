@@ -117,16 +117,23 @@ def main(argv: list[str] | None = None) -> int:
 
         targets = per_file.select("targets").mapInPandas(_explode, from_arrow_schema(TARGET_SCHEMA))
         first = Window.partitionBy("target_id").orderBy("source_file")
-        unique = targets.withColumn("_n", F.row_number().over(first)).filter("_n = 1").drop("_n")
+        unique = (targets.withColumn("_n", F.row_number().over(first)).filter("_n = 1").drop("_n")
+                  .persist(StorageLevel.MEMORY_AND_DISK))
         written = write_parquet(unique, args.output, key=["target_id"], n_buckets=cfg.n_buckets,
                                 arrow_schema=TARGET_SCHEMA)
         n_out = sum(r["rows"] for r in written)
-        split_counts = {r["split"]: r["count"] for r in unique.groupBy("split").count().collect()}
-        mixed_cells = unique.groupBy("healpix").agg(F.countDistinct("split").alias("n")).filter("n > 1").count()
-        n_cells = unique.select("healpix").distinct().count()
+        cells = unique.groupBy("healpix", "split").count().collect()  # one row per (cell, split)
+        unique.unpersist()
     finally:
         per_file.unpersist()
 
+    split_counts: dict[str, int] = {}
+    labels_per_cell: dict[int, int] = {}
+    for r in cells:
+        split_counts[r["split"]] = split_counts.get(r["split"], 0) + r["count"]
+        labels_per_cell[r["healpix"]] = labels_per_cell.get(r["healpix"], 0) + 1
+    mixed_cells = sum(1 for v in labels_per_cell.values() if v > 1)
+    n_cells = len(labels_per_cell)
     funnels = [json.loads(r["funnel"]) for r in meta]
     n_in = sum(f["input_rows"] for f in funnels)
     cut_order = list(LRG_CUTS) + ["q_brick_primary", "q_type", "q_maskbits", "q_nobs"] + \

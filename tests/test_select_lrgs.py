@@ -269,13 +269,23 @@ def test_select_then_manifest_jobs_in_local_spark(spark, data_root, tmp_path, wh
                 "psfdepth_r", "psfdepth_z", "ebv", "healpix", "split"]
     assert not targets[required].isna().any().any()
 
-    first = {p: storage.read_bytes(p) for p in dataset_files(out)}
-    assert select_lrgs.main(["--input", *inputs, "--output", out, "--config", str(conf_path)]) == 0
-    assert {p: storage.read_bytes(p) for p in dataset_files(out)} == first  # byte-identical rerun
+    if where == "local":
+        first = {p: storage.read_bytes(p) for p in dataset_files(out)}
+        assert select_lrgs.main(["--input", *inputs, "--output", out, "--config", str(conf_path)]) == 0
+        assert {p: storage.read_bytes(p) for p in dataset_files(out)} == first  # byte-identical rerun
 
     mroot = storage.join(base, "manifest")
     conf = str(REPO_ROOT / "conf" / "injection_priors.yaml")
-    assert build_manifest.main(["--targets", out, "--config", conf, "--output", mroot]) == 0
+    bank_args, bank_size = [], 100  # local: bank_size from the config; s3: from a bank file on s3
+    if where == "s3":
+        import h5py
+
+        with h5py.File(tmp_path / "bank.h5", "w") as h:
+            h["images"] = np.full((5, 8, 8), 1 / 64, np.float32)
+            h.attrs["pixel_scale_arcsec"] = 0.03
+        storage.write_bytes(storage.join(base, "bank.h5"), (tmp_path / "bank.h5").read_bytes())
+        bank_args, bank_size = ["--bank", storage.join(base, "bank.h5")], 5
+    assert build_manifest.main(["--targets", out, "--config", conf, "--output", mroot, *bank_args]) == 0
     summary_path = [p for p in capsys.readouterr().out.splitlines() if p.startswith("wrote ")][-1][6:]
     summary = json.loads(storage.read_bytes(storage.join(summary_path, "_manifest.json")))
     assert summary["rows"] == 3 * 2 * 2 * 2 and summary["controls"] == 12
@@ -284,16 +294,21 @@ def test_select_then_manifest_jobs_in_local_spark(spark, data_root, tmp_path, wh
     assert set(tasks["target_id"]) == set(targets["target_id"])
     ctl = tasks[tasks["is_control"]]
     assert ctl["theta_e"].isna().all() and ctl["src_mode"].isna().all()
+    inj = tasks[~tasks["is_control"]]
+    assert (tasks["bank_size"] == bank_size).all() and inj["src_index"].between(0, bank_size - 1).all()
+    merged = inj.merge(targets, on="target_id", suffixes=("", "_t"))
+    for col in ("ra", "dec", "brickname", "split", "psf_fwhm_g", "psf_fwhm_r", "psf_fwhm_z"):
+        assert (merged[col] == merged[f"{col}_t"]).all()
     if where == "local":
         files = {p: storage.read_bytes(p) for p in dataset_files(summary_path)}
         assert build_manifest.main(["--targets", out, "--config", conf, "--output", mroot]) == 0
         assert {p: storage.read_bytes(p) for p in dataset_files(summary_path)} == files
-        # a changed config goes to a new folder; the old manifest is untouched
-        priors = yaml.safe_load(open(conf))
-        priors["replicates"] = 1
-        (tmp_path / "p1.yaml").write_text(yaml.safe_dump(priors))
-        assert build_manifest.main(["--targets", out, "--config", str(tmp_path / "p1.yaml"), "--output", mroot]) == 0
-        assert len(list((tmp_path / "manifest").iterdir())) == 2
+        # the same config pointed at other targets into the same folder is refused (no overwrite)
+        other = tmp_path / "other_targets"
+        other.mkdir()
+        (other / "part-00000.parquet").write_bytes(next(iter(first.values())))
+        rc = build_manifest.main(["--targets", str(other), "--config", conf, "--output", mroot])
+        assert rc == 2 and "already holds the manifest of this config" in capsys.readouterr().err
         assert {p: storage.read_bytes(p) for p in dataset_files(summary_path)} == files
 
 
@@ -309,3 +324,22 @@ def test_select_job_bad_input_exits_2_naming_file_and_column(spark, data_root, t
     assert not (tmp_path / "out").exists()
     rc = select_lrgs.main(["--input", str(tmp_path / "none*.fits"), "--output", str(tmp_path / "out")])
     assert rc == 2 and "no catalogue files found" in capsys.readouterr().err
+
+
+def test_manifest_job_bad_targets_exit_2(spark, tmp_path, capsys):
+    import pandas as pd
+
+    from jobs import build_manifest
+
+    (tmp_path / "t").mkdir()
+    pd.DataFrame({"target_id": ["1-2-3"], "ra": [1.0]}).to_parquet(tmp_path / "t" / "part-00000.parquet")
+    conf = str(REPO_ROOT / "conf" / "injection_priors.yaml")
+    rc = build_manifest.main(["--targets", str(tmp_path / "t"), "--config", conf, "--output", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "missing columns dec, brickname, split, psf_fwhm_g" in err
+    rc = build_manifest.main(["--targets", str(tmp_path / "none"), "--config", conf, "--output", str(tmp_path / "m")])
+    assert rc == 2 and "none: no Parquet files found" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(open(conf).read().replace("replicates: 2 ", "replicates: two "))
+    rc = build_manifest.main(["--targets", str(tmp_path / "t"), "--config", str(bad), "--output", str(tmp_path / "m")])
+    assert rc == 2 and "bad.yaml: replicates: expected an integer, got 'two'" in capsys.readouterr().err
