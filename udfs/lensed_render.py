@@ -217,6 +217,7 @@ def _render_batch(out, n_images, lens_p, mode, src_xy, src_phi, src_index, image
     c0 = (npix - 1) / 2.0
     inv_scale = 1.0 / scale
     c_img = (images.shape[1] - 1) / 2.0
+    n_img = images.shape[1]
     sb_norm = inv_scale * inv_scale
     cbx = np.empty((npix + 1, npix + 1))
     cby = np.empty((npix + 1, npix + 1))
@@ -263,6 +264,21 @@ def _render_batch(out, n_images, lens_p, mode, src_xy, src_phi, src_index, image
                 ddx = max(x0 - pad - sx, 0.0, sx - x1 - pad)
                 ddy = max(y0 - pad - sy, 0.0, sy - y1 - pad)
                 kk = k if ddx * ddx + ddy * ddy <= radius * radius else kk_out
+                if kk != 0 and m == 0:
+                    # tighter for bank images: the footprint against the image's square, in its
+                    # own rotated pixel frame (bilinear support reaches from -1 to S)
+                    u0, u1, v0, v1 = 1e30, -1e30, 1e30, -1e30
+                    for a in range(2):
+                        for c in range(2):
+                            dx = cbx[j + a, i + c] - sx
+                            dy = cby[j + a, i + c] - sy
+                            uu = (cphi * dx + sphi * dy) * inv_scale + c_img
+                            vv = (-sphi * dx + cphi * dy) * inv_scale + c_img
+                            u0, u1 = min(u0, uu), max(u1, uu)
+                            v0, v1 = min(v0, vv), max(v1, vv)
+                    pad = 0.5 * max(u1 - u0, v1 - v0)
+                    if u1 + pad <= -1.0 or v1 + pad <= -1.0 or u0 - pad >= n_img or v0 - pad >= n_img:
+                        kk = 0
                 if kk == 0:
                     out[s, j, i] = 0.0
                     continue
