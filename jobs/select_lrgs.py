@@ -27,7 +27,6 @@ from udfs import storage
 from udfs.lrg_cuts import LRG_CUTS, load_config
 from udfs.lrg_targets import PSF_CUT, TARGET_SCHEMA, select_targets
 from udfs.provenance import REPO_ROOT, code_version, config_hash
-from udfs.splits import realised_fractions
 from udfs.tractor_catalog import CatalogError, expand_inputs, read_catalog
 from udfs.yaml_config import ConfigError
 

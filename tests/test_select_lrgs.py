@@ -84,8 +84,7 @@ def test_lrg_cut_selects_exactly_the_rows_of_the_equations(data_root, photsys):
 
 
 def test_north_and_south_constants_differ_where_the_equations_say(data_root):
-    # Same fluxes, both constant sets: a row just inside the south faint limit (zfibermag 21.605)
-    # passes south only if it also passes the other cuts; check the per-cut masks directly.
+    # zfibermag 21.605 lies between the south (21.6) and north (21.61) faint limits.
     cols = read_catalog(dr8_files(data_root)[0]).columns
     cols = {k: v[:1].copy() for k, v in cols.items()}
     cols["FIBERFLUX_Z"][:] = 10 ** (-0.4 * (21.605 - 22.5)) * cols["MW_TRANSMISSION_Z"]
