@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from astropy.coordinates import SkyCoord, match_coordinates_sky
 
-from udfs.bricks import brick_name
+from udfs.bricks import brick_at
 from udfs.splits import healpix_cells
 
 ANCHOR_EXTRA = ["name", "zlens", "lens_type", "grading", "ref", "theta_e", "catalog", "catalog_row"]
@@ -38,7 +38,7 @@ class Footprint:
             in_ra = (ra >= ra_lo) & (ra <= ra_hi) if ra_lo <= ra_hi else (ra >= ra_lo) | (ra <= ra_hi)
             keep |= in_ra & (dec >= dec_lo) & (dec <= dec_hi)
         if self.bricks:
-            keep |= np.array([brick_name(a, d) in self.bricks for a, d in zip(ra, dec)], dtype=bool)
+            keep |= np.array([brick_at(a, d).name in self.bricks for a, d in zip(ra, dec)], dtype=bool)
         return keep
 
 
@@ -86,7 +86,7 @@ def target_rows(ra, dec, *, ids, split: str, psf_nominal: dict, nside: int, extr
     none = [None] * n
     df = pd.DataFrame({
         "target_id": list(ids), "release": none, "brickid": none, "objid": none,
-        "brickname": [brick_name(a, d) for a, d in zip(ra, dec)], "ra": ra, "dec": dec, "type": none,
+        "brickname": [brick_at(a, d).name for a, d in zip(ra, dec)], "ra": ra, "dec": dec, "type": none,
         "mag_g": none, "mag_r": none, "mag_z": none, "mag_w1": none,
         **{f"psf_fwhm_{b}": np.full(n, float(psf_nominal[b])) for b in "grz"},
         "psf_fwhm_source": "g=nominal,r=nominal,z=nominal",
@@ -182,8 +182,8 @@ def read_positions(path: str, ra_column: str, dec_column: str) -> pd.DataFrame:
     bad = ~(np.isfinite(ra) & np.isfinite(dec) & (ra >= 0) & (ra < 360) & (np.abs(dec) <= 90))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{path}: row {i}: {ra_column}={df[ra_column].iloc[i]!r}, {dec_column}="
-                         f"{df[dec_column].iloc[i]!r} is not a valid sky position")
+        raise ValueError(f"{path}: row {i}: {ra_column}={df[ra_column].iloc[i]}, {dec_column}="
+                         f"{df[dec_column].iloc[i]} is not a valid sky position")
     out = df.copy()
     out["ra"], out["dec"], out["row"] = ra, dec, np.arange(len(df))
     return out
