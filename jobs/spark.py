@@ -57,6 +57,11 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
+def bucket_of(key: list[str], n_buckets: int):
+    """The bucket (file) a row goes to: ``pmod(xxhash64(key...), n_buckets)``."""
+    return F.pmod(F.xxhash64(*key), F.lit(n_buckets))
+
+
 def write_parquet(df: DataFrame, uri: str, *, key: list[str], n_buckets: int,
                   partition_by: list[str] | None = None, arrow_schema: pa.Schema | None = None,
                   skip_existing: bool = False) -> list[dict]:
@@ -69,7 +74,7 @@ def write_parquet(df: DataFrame, uri: str, *, key: list[str], n_buckets: int,
     """
     partition_by = list(partition_by or [])
     schema_json = arrow_schema.serialize().to_pybytes() if arrow_schema is not None else None
-    bucketed = df.withColumn(BUCKET_COL, F.pmod(F.xxhash64(*key), F.lit(n_buckets)))
+    bucketed = df.withColumn(BUCKET_COL, bucket_of(key, n_buckets))
 
     def write(batches):
         import pandas as pd
@@ -98,7 +103,8 @@ def write_parquet(df: DataFrame, uri: str, *, key: list[str], n_buckets: int,
 
     out = bucketed.repartition(n_buckets, BUCKET_COL).mapInPandas(
         write, "path string, rows long, status string")
-    return [r.asDict() for r in out.orderBy("path").collect()]
+    # collect, then sort here: a Spark sort would sample (and so run) the writing tasks twice
+    return sorted((r.asDict() for r in out.collect()), key=lambda r: r["path"])
 
 
 def _null_lists_to_null_items(table: pa.Table, schema: pa.Schema) -> pa.Table:

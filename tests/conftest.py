@@ -66,3 +66,22 @@ def s3_bucket(s3_server, request):
     name = name.strip("-") + f"-{_free_port()}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+# The documented test bank (README "Source bank (stage 2)"): 16 random rows of btk_ext26, seed 1.
+BANK_ARGS = ["--max-galaxies", "16", "--seed", "1", "--workers", "2"]
+
+
+@pytest.fixture(scope="session")
+def btk(data_root):
+    return str(data_root / "cosmos" / "btk_ext26")
+
+
+@pytest.fixture(scope="session")
+def bank_path(btk, spark, tmp_path_factory):
+    """A real source bank built once per session by jobs.cosmos_source_loader."""
+    from jobs import cosmos_source_loader
+
+    out = str(tmp_path_factory.mktemp("bank") / "bank.h5")
+    assert cosmos_source_loader.main(["--cosmos-dir", btk, "--output", out, *BANK_ARGS]) == 0
+    return out

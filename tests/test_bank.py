@@ -10,22 +10,9 @@ from jobs import cosmos_source_loader
 from udfs import source_colours
 from udfs.source_bank import read_bank
 
-# The documented test build (README "Source bank (stage 2)"): 16 random rows of btk_ext26, seed 1.
-ARGS = ["--max-galaxies", "16", "--seed", "1", "--workers", "2"]
+from tests.conftest import BANK_ARGS as ARGS  # the documented test build
 EXPECTED_SELECTED = 6
 EXPECTED_REJECTED = {"mag_out_of_range": 8, "exceeds_bank_stamp": 1, "sersic_fit_failed": 1}
-
-
-@pytest.fixture(scope="session")
-def btk(data_root):
-    return str(data_root / "cosmos" / "btk_ext26")
-
-
-@pytest.fixture(scope="session")
-def bank_path(btk, spark, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("bank") / "bank.h5")
-    assert cosmos_source_loader.main(["--cosmos-dir", btk, "--output", out, *ARGS]) == 0
-    return out
 
 
 @pytest.fixture(scope="session")

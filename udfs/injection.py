@@ -34,6 +34,8 @@ class Sources:
     ``mode``: 'cosmos' (bank image ``index``, rotated counter-clockwise by ``phi`` radians) or
     'sersic' (``sersic_n``, ``sersic_re`` arcsec circularised half-light radius, ``sersic_q``,
     position angle ``phi``). ``x, y``: source-plane position in arcsec (stamp frame).
+    ``size_scale``: factor on the bank's pixel scale (angular-size rescaling of cosmos sources to
+    a new redshift, :func:`udfs.cosmology.angular_size_ratio`); 1 when omitted.
     """
     mode: np.ndarray
     x: np.ndarray
@@ -44,6 +46,7 @@ class Sources:
     sersic_n: np.ndarray | None = None
     sersic_re: np.ndarray | None = None
     sersic_q: np.ndarray | None = None
+    size_scale: np.ndarray | None = None
 
     def mode_codes(self) -> np.ndarray:
         unknown = sorted(set(np.asarray(self.mode).tolist()) - set(SOURCE_MODES))
@@ -71,7 +74,8 @@ def render_arcs(lens: Lens, sources: Sources, kernels: list[list[np.ndarray]], n
     if (codes == MODE_COSMOS).any():
         if bank is None:
             raise ValueError("cosmos sources need a source bank")
-        images, scale = bank.images, bank.pixel_scale
+        images = bank.images
+        scale = bank.pixel_scale * (1.0 if sources.size_scale is None else np.asarray(sources.size_scale))
         support = _bank_support(bank)
     unit, n_images = render_unit_arcs(
         lens, npix=npix, pixel_scale=pixel_scale, mode=codes, src_x=sources.x, src_y=sources.y,
@@ -91,7 +95,7 @@ _SUPPORT_CACHE: dict[int, np.ndarray] = {}
 def _bank_support(bank: SourceBank) -> np.ndarray:
     key = id(bank.images)
     if key not in _SUPPORT_CACHE:
-        _SUPPORT_CACHE[key] = support_radius(bank.images, bank.pixel_scale)
+        _SUPPORT_CACHE[key] = support_radius(bank.images)
     return _SUPPORT_CACHE[key]
 
 

@@ -56,8 +56,9 @@ def sersic_ie(n, r_e):
     return 1.0 / (2.0 * np.pi * n * r_e ** 2 * np.exp(bn) * bn ** (-2.0 * n) * gamma_fn(2.0 * n))
 
 
-def support_radius(images: np.ndarray, scale: float) -> np.ndarray:
-    """Radius (arcsec) around the image centre beyond which each bank image's interpolant is zero."""
+def support_radius(images: np.ndarray) -> np.ndarray:
+    """Radius (image pixels) around the image centre beyond which each bank image's interpolant
+    is zero."""
     n = images.shape[-1]
     c = (n - 1) / 2.0
     yy, xx = np.mgrid[0:n, 0:n]
@@ -65,7 +66,7 @@ def support_radius(images: np.ndarray, scale: float) -> np.ndarray:
     out = np.empty(images.shape[0])
     for i, img in enumerate(images):
         nz = img != 0
-        out[i] = (r[nz].max() if nz.any() else 0.0) * scale
+        out[i] = r[nz].max() if nz.any() else 0.0
     return out
 
 
@@ -215,10 +216,8 @@ def _render_batch(out, n_images, lens_p, mode, src_xy, src_phi, src_index, image
                   sersic_p, pixel_scale, k, k_outer):
     n_stamp, npix = out.shape[0], out.shape[1]
     c0 = (npix - 1) / 2.0
-    inv_scale = 1.0 / scale
     c_img = (images.shape[1] - 1) / 2.0
     n_img = images.shape[1]
-    sb_norm = inv_scale * inv_scale
     cbx = np.empty((npix + 1, npix + 1))
     cby = np.empty((npix + 1, npix + 1))
     nbx = np.empty((3, 3))
@@ -240,9 +239,11 @@ def _render_batch(out, n_images, lens_p, mode, src_xy, src_phi, src_index, image
         cphi, sphi = math.cos(src_phi[s]), math.sin(src_phi[s])
         n_s, re_s, q_s, bn_s, ie_s = (sersic_p[s, 0], sersic_p[s, 1], sersic_p[s, 2],
                                       sersic_p[s, 3], sersic_p[s, 4])
+        inv_scale = 1.0 / scale[s]
+        sb_norm = inv_scale * inv_scale
         if m == 0:
             img = images[src_index[s]]
-            radius = support[src_index[s]]
+            radius = support[src_index[s]] * scale[s]
             kk_out = 0
         else:
             img = images[0]
@@ -334,7 +335,7 @@ def _render_batch(out, n_images, lens_p, mode, src_xy, src_phi, src_index, image
 def render_unit_arcs(lens: Lens, *, npix: int, pixel_scale: float, mode: np.ndarray,
                      src_x: np.ndarray, src_y: np.ndarray, src_phi: np.ndarray,
                      src_index: np.ndarray | None = None, images: np.ndarray | None = None,
-                     image_scale: float | None = None, support: np.ndarray | None = None,
+                     image_scale=None, support: np.ndarray | None = None,
                      sersic_n=None, sersic_re=None, sersic_q=None, k: int = 8,
                      k_outer: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Lensed images of unit-flux sources and the number of images of each source centre.
@@ -343,7 +344,8 @@ def render_unit_arcs(lens: Lens, *, npix: int, pixel_scale: float, mode: np.ndar
     magnification of the part of the lensed source on the stamp) and ``(B,)`` int counts.
 
     ``mode``: per stamp ``MODE_COSMOS`` or ``MODE_SERSIC``. Cosmos stamps use ``images[src_index]``
-    (a bank, unit sum, ``image_scale`` arcsec/pix; ``support`` from :func:`support_radius`, computed
+    (a bank, unit sum, ``image_scale`` arcsec/pix, one value or one per stamp (e.g. rescaled to
+    each source redshift); ``support`` from :func:`support_radius`, computed
     here if omitted). Sersic stamps use ``sersic_n``, ``sersic_re`` (arcsec, circularised),
     ``sersic_q``; ``src_phi`` is the position angle (rad, counter-clockwise from +x).
     """
@@ -380,7 +382,7 @@ def render_unit_arcs(lens: Lens, *, npix: int, pixel_scale: float, mode: np.ndar
             raise IndexError(f"source index {int(src_index[bad][0])} out of range: the bank holds "
                              f"{images.shape[0]} galaxies")
         if support is None:
-            support = support_radius(images, image_scale)
+            support = support_radius(images)
     else:
         images = np.zeros((1, 2, 2), dtype=np.float32)
         image_scale = 1.0
@@ -388,6 +390,9 @@ def render_unit_arcs(lens: Lens, *, npix: int, pixel_scale: float, mode: np.ndar
         src_index = np.zeros(nb, dtype=np.int64)
     out = np.empty((nb, npix, npix))
     n_images = np.zeros(nb, dtype=np.int64)
-    _render_batch(out, n_images, lens_p, mode, src_xy, src_phi, src_index, images, float(image_scale),
+    image_scale = np.broadcast_to(np.asarray(image_scale, dtype=np.float64), (nb,)).copy()
+    if not np.all(image_scale > 0):
+        raise ValueError("source image pixel scales must be > 0")
+    _render_batch(out, n_images, lens_p, mode, src_xy, src_phi, src_index, images, image_scale,
                   np.asarray(support, dtype=np.float64), sersic_p, float(pixel_scale), int(k), int(k_outer))
     return out, n_images

@@ -1,0 +1,206 @@
+"""Stage 5 end to end on the real samples: selection -> sample sky -> cutouts -> manifest -> stamps."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import build_manifest, inject_stamps, make_cutouts, make_sample_sky, select_lrgs
+from jobs.spark import dataset_files
+from udfs import storage
+from udfs.injection import nanomaggies
+from udfs.manifest import load_config, manifest_hash
+from udfs.provenance import REPO_ROOT, code_version
+from udfs.source_bank import read_bank
+
+CONF = REPO_ROOT / "conf"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, spark, bank_path, data_root):
+    d = tmp_path_factory.mktemp("pipe")
+    ls = data_root / "legacysurvey"
+    cats = [str(ls / "dr8_sweeps"), str(ls / "dr8_tractor"), str(ls / "dr9_tractor")]
+    assert select_lrgs.main(["--input", *cats, "--output", str(d / "targets"),
+                             "--config", str(CONF / "demo_lrg_selection.yaml")]) == 0
+    priors = CONF / "demo_injection_priors.yaml"
+    assert build_manifest.main(["--targets", str(d / "targets"), "--config", str(priors),
+                                "--output", str(d / "manifest"), "--bank", bank_path]) == 0
+    assert make_sample_sky.main(["--targets", str(d / "targets"), "--catalogs", *cats[1:], cats[0],
+                                 "--output", str(d / "sky")]) == 0
+    assert make_cutouts.main(["--targets", str(d / "targets"), "--coadd-base", str(d / "sky"),
+                              "--output", str(d / "cutouts")]) == 0
+    manifest = d / "manifest" / manifest_hash(load_config(str(priors)), len(read_bank(bank_path)))
+    return {"dir": d, "manifest": str(manifest), "cutouts": str(d / "cutouts"), "bank": bank_path}
+
+
+def run_job(inputs, out, *extra):
+    return inject_stamps.main(["--manifest", inputs["manifest"], "--cutouts", inputs["cutouts"],
+                               "--bank", inputs["bank"], "--output", str(out), *extra])
+
+
+def files_bytes(uri):
+    return {f[len(str(uri)):]: storage.read_bytes(f) for f in dataset_files(str(uri))}
+
+
+@pytest.fixture(scope="module")
+def stamps(inputs):
+    out = inputs["dir"] / "stamps"
+    assert run_job(inputs, out) == 0
+    return out
+
+
+def read_all(uri):
+    import pyarrow as pa
+
+    tables = []
+    for f in dataset_files(str(uri)):
+        t = pq.read_table(f)
+        if Path(f).parent.name.startswith("split="):
+            t = t.append_column("split", pa.array([Path(f).parent.name[6:]] * len(t)))
+        tables.append(t)
+    return pa.concat_tables(tables)
+
+
+def test_schema_is_fixed_size_lists_with_documented_metadata(stamps):
+    f = dataset_files(str(stamps))[0]
+    assert Path(f).parent.name.startswith("split=")
+    schema = pq.read_schema(f)
+    meta = {k.decode(): v.decode() for k, v in schema.metadata.items()}
+    nb, n, _ = json.loads(meta["image_shape"])
+    assert meta["band_order"] == "grz" and (nb, n) == (3, 64)
+    assert float(meta["pixel_scale_arcsec"]) == 0.262
+    for col in ("image", "invvar", "arc"):
+        assert schema.field(col).type.list_size == 3 * 64 * 64
+        assert str(schema.field(col).type.value_type) == "float"
+    assert schema.field("maskbits").type.list_size == 64 * 64
+    for col in ("task_id", "is_control", "pair_id", "seed", "theta_e", "src_mag_g", "magnification",
+                "arc_snr", "core_flux_frac", "n_images", "ok", "fail_reason", "code_version",
+                "config_hash", "injection_config_hash", "psf_fwhm_r", "psfdepth_r"):
+        assert col in schema.names, col
+
+
+def test_rows_pixels_truth_and_flux_accounting(stamps, inputs):
+    tab = read_all(stamps).to_pandas()
+    n_tasks = sum(pq.read_metadata(f).num_rows for f in dataset_files(inputs["manifest"]))
+    assert len(tab) == n_tasks and tab["task_id"].is_unique
+    assert tab["ok"].all(), tab.loc[~tab["ok"], "fail_reason"].tolist()
+    cut = read_all(inputs["cutouts"]).to_pandas().set_index("target_id")
+    inj = tab[~tab["is_control"]]
+    ctrl = tab[tab["is_control"]].set_index("pair_id")
+    assert set(ctrl.index) == set(inj["task_id"])  # controls pair one-to-one
+    for _, row in inj.iterrows():
+        image = np.asarray(row["image"]).reshape(3, 64, 64)
+        arc = np.asarray(row["arc"]).reshape(3, 64, 64)
+        cutout = np.asarray(cut.loc[row["target_id"], "image"]).reshape(3, 64, 64)
+        control = np.asarray(ctrl.loc[row["task_id"], "image"]).reshape(3, 64, 64)
+        np.testing.assert_array_equal(control, cutout)          # the control is the cutout
+        assert np.isfinite(image).all()
+        added = (image - cutout).sum(axis=(1, 2))
+        noise = np.sqrt(np.clip(arc, 0, None).sum(axis=(1, 2)) / np.array([row[f"gain_{b}"] for b in "grz"]))
+        assert np.all(np.abs(added - arc.sum(axis=(1, 2))) < 5 * noise + 1e-3)  # arc + its own noise
+        # the arc keeps the magnification: r flux = source flux x magnification (PSF on the stamp)
+        assert arc[1].sum() == pytest.approx(nanomaggies(row["src_mag_r"]) * row["magnification"], rel=0.03)
+        assert row["arc_flux_r"] == pytest.approx(float(arc[1].sum()), rel=1e-4)
+        assert row["src_mag_g"] - row["src_mag_r"] == pytest.approx(
+            read_bank(inputs["bank"]).meta["g_r"][int(row["src_index"])])
+    assert np.all(np.asarray(ctrl["arc"].tolist()) == 0)
+    assert ctrl["magnification"].isna().all() and ctrl["theta_e"].isna().all()
+    assert set(inj["src_mode"]) == {"cosmos", "sersic"}
+
+
+def test_rerun_is_byte_identical_and_failure_rates_match_labels(stamps, inputs, tmp_path):
+    again = tmp_path / "again"
+    assert run_job(inputs, again) == 0
+    assert files_bytes(again) == files_bytes(stamps)
+    summary = json.loads((stamps / "_summary.json").read_text())
+    labels = summary["by_label"]
+    assert labels["injected"]["n"] == labels["control"]["n"]
+    assert labels["injected"]["failure_rate"] == labels["control"]["failure_rate"]
+    assert labels["injected"]["quantiles_5_50_95"]["psf_fwhm_r"] == labels["control"]["quantiles_5_50_95"]["psf_fwhm_r"]
+
+
+def test_killed_run_resumes_without_duplicates(stamps, inputs, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "jobs.inject_stamps", "--manifest", inputs["manifest"], "--cutouts",
+           inputs["cutouts"], "--bank", inputs["bank"], "--output", str(out)]
+    env = {**os.environ, "LENSINJ_CODE_VERSION": code_version()}  # the same code as the reference run
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env=env)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not dataset_files(str(out)):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # Python workers orphaned by the killed JVM may still finish the file in hand: wait until the
+    # folder is quiet, then take what a crashed run left behind
+    partial, quiet_since = None, time.time()
+    while time.time() - quiet_since < 3:
+        now = files_bytes(out) if out.exists() else {}
+        if now != partial:
+            partial, quiet_since = now, time.time()
+        time.sleep(0.2)
+    assert not any(k.endswith(".tmp") for k in partial)  # atomic writes: no partial files
+    assert run_job(inputs, out, "--skip-existing") == 0
+    assert files_bytes(out) == files_bytes(stamps)
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["files_kept"] == len(partial)
+    assert summary["files_written"] == len(files_bytes(stamps)) - len(partial)
+    assert summary["n_stamps"] == json.loads((stamps / "_summary.json").read_text())["n_stamps"]
+
+
+def test_bad_psf_fails_both_labels_alike(inputs, tmp_path, spark):
+    """A target with a zero PSF size fails its injected and its control rows with one reason."""
+    import pyarrow as pa
+
+    man = tmp_path / "manifest"
+    for f in dataset_files(inputs["manifest"]):
+        t = pq.read_table(f)
+        first = t["target_id"][0].as_py() if len(t) else None
+        psf = [0.0 if tid == first else v for tid, v in zip(t["target_id"].to_pylist(), t["psf_fwhm_g"].to_pylist())]
+        t = t.set_column(t.schema.get_field_index("psf_fwhm_g"), "psf_fwhm_g", pa.array(psf))
+        rel = Path(f).relative_to(inputs["manifest"])
+        (man / rel).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(t, man / rel)
+    out = tmp_path / "stamps"
+    assert inject_stamps.main(["--manifest", str(man), "--cutouts", inputs["cutouts"], "--bank",
+                               inputs["bank"], "--output", str(out)]) == 0
+    arrow = read_all(out)
+    tab = arrow.to_pandas()
+    bad = tab[~tab["ok"]]
+    assert len(bad) > 0 and set(bad["fail_reason"]) == {"bad_psf:g"}
+    assert bad["is_control"].sum() == (~bad["is_control"]).sum()
+    failed = arrow.filter(pc.invert(arrow["ok"]))
+    for col in ("image", "invvar", "arc"):  # no value at all, never zero-filled pixels
+        items = pc.list_flatten(failed[col])
+        assert items.null_count == len(items) == len(failed) * 3 * 64 * 64
+    s = json.loads((out / "_summary.json").read_text())["by_label"]
+    assert s["injected"]["failure_rate"] == s["control"]["failure_rate"] > 0
+
+
+def test_s3_run_matches_local_bytes(stamps, inputs, s3_bucket):
+    for name in ("manifest", "cutouts"):
+        for f in dataset_files(inputs[name]):
+            storage.write_bytes(f"{s3_bucket}/{name}/{Path(f).relative_to(inputs[name])}", storage.read_bytes(f))
+    storage.write_bytes(f"{s3_bucket}/bank.h5", storage.read_bytes(inputs["bank"]))
+    out = f"{s3_bucket}/stamps"
+    assert inject_stamps.main(["--manifest", f"{s3_bucket}/manifest", "--cutouts", f"{s3_bucket}/cutouts",
+                               "--bank", f"{s3_bucket}/bank.h5", "--output", out]) == 0
+    assert files_bytes(out) == files_bytes(stamps)
+
+
+def test_bad_inputs_are_clear_errors(inputs, tmp_path, capsys):
+    assert inject_stamps.main(["--manifest", inputs["manifest"], "--cutouts", str(tmp_path / "none"),
+                               "--bank", inputs["bank"], "--output", str(tmp_path / "o")]) == 2
+    assert "no Parquet files" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((CONF / "injection.yaml").read_text().replace("psf_model: gaussian", "psf_model: airy"))
+    assert run_job(inputs, tmp_path / "o2", "--config", str(bad)) == 2
+    assert "psf_model: expected 'gaussian' or 'moffat'" in capsys.readouterr().err
