@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import sys
 
@@ -24,8 +23,8 @@ import numpy as np
 
 from udfs import storage
 from udfs.provenance import code_version, config_hash
-from udfs.qa_report import (FINITE_INJECTED, IDENTITY, METRICS, SCALARS, TRUTH, compare_reports,
-                            pair_metrics, quantile_block, read_stamp_rows)
+from udfs.qa_report import (FINITE_INJECTED, ROW_CHECKS, SCALARS, compare_reports, pair_metrics,
+                            quantile_block, read_stamp_rows)
 from udfs.shortcut_gates import run_gates
 from udfs.stamp_pixels import StampInputError, pixel_array, stamp_layout
 from udfs.validation_config import ConfigError, load_config
@@ -35,8 +34,7 @@ STRING_COLS = {"task_id", "target_id", "pair_id", "config_hash", "code_version",
 BOOL_COLS = {"is_control", "ok", "failed_with_values", "control_arc_nonzero"}
 LONG_COLS = {"replicate", "seed", "src_index", "n_images", "nonfinite_image", "nonfinite_invvar",
              "nonfinite_arc", "negative_invvar"}
-CHECK_COLS = ["nonfinite_image", "nonfinite_invvar", "nonfinite_arc", "negative_invvar", "failed_with_values",
-              "control_arc_nonzero", "arc_r50_arcsec"]
+CHECK_COLS = ROW_CHECKS
 INJECTED_DISTRIBUTIONS = ["theta_e", "arc_snr", "arc_snr_g", "arc_snr_r", "arc_snr_z", "magnification",
                           "arc_colour_g_r", "arc_colour_r_z", "arc_r50_arcsec", "core_flux_frac", "n_images",
                           "src_mag_r", "src_z"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from udfs.stamp_pixels import StampInputError, StampLayout, annulus_mask, core_mask, hash_uniform, \
@@ -239,10 +238,3 @@ def compare_reports(a: dict, b: dict, *, median_shift: float, rate_diff: float) 
             highlights.append(f"gate {g}: AUC {ga['auc']:.3f} -> {gb['auc']:.3f}"
                               f" (flagged {ga.get('flagged')} -> {gb.get('flagged')})")
     return {"distributions": rows, "rates": rates, "gates": gates, "highlights": highlights}
-
-
-def arrow_pixels_for_gallery(table: pa.Table, layout: StampLayout) -> dict[str, np.ndarray]:
-    """``{task_id: (n_bands, N, N) image}`` for the rows of a small table (gallery)."""
-    shape = (layout.n_bands, layout.npix, layout.npix)
-    img = pixel_array(table.column("image"), shape)
-    return {t: img[i] for i, t in enumerate(table.column("task_id").to_pylist())}
