@@ -10,7 +10,8 @@ import json
 import sys
 import time
 
-BENCHMARKS = ["tests.benchmarks.bench_render", "tests.benchmarks.bench_cutouts"]
+BENCHMARKS = ["tests.benchmarks.bench_render", "tests.benchmarks.bench_cutouts",
+              "tests.benchmarks.bench_pipeline"]
 
 
 def main() -> int:
