@@ -43,7 +43,10 @@ def parse_args(argv):
 def _files(uri: str, what: str) -> list[str]:
     from jobs.spark import dataset_files
 
-    if uri.endswith(".parquet") and storage.exists(uri):
+    import pyarrow.fs as pafs
+
+    fs, path = storage.resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.File:
         fs_files = [uri]
     else:
         try:
