@@ -41,8 +41,8 @@ def big():
 
 def test_row_count_ids_seeds_and_determinism(big):
     tasks, plan = big
-    assert len(plan.configs) == 2 and plan.replicates == 2 and plan.paired_controls
-    assert len(tasks) == 4000 * 2 * 2 * 2
+    assert len(plan.configs) == 3 and plan.replicates == 2 and plan.paired_controls
+    assert len(tasks) == 4000 * 3 * 2 * 2
     assert tasks["task_id"].is_unique and tasks["seed"].is_unique
     assert tasks["seed"].dtype == np.int64
     again, _ = build(raw_config(), targets(4000))
@@ -50,7 +50,7 @@ def test_row_count_ids_seeds_and_determinism(big):
     # any subset regenerates exactly, whatever batch it is built in
     part, _ = build(raw_config(), targets(40, start=1000).iloc[::-1])
     merged = part.merge(tasks, on="task_id", suffixes=("", "_all"))
-    assert len(merged) == len(part) == 40 * 8
+    assert len(merged) == len(part) == 40 * 12
     for col in ("seed", "theta_e", "src_x", "src_index", "sersic_n"):
         pd.testing.assert_series_equal(merged[col], merged[f"{col}_all"], check_names=False)
     # the seed is BLAKE2b-64 of target id, config hash and replicate
@@ -85,7 +85,7 @@ def ks(values, cdf):
 
 def test_parameter_distributions_match_the_priors(big):
     tasks, _ = big
-    inj = tasks[~tasks["is_control"]]
+    inj = tasks[~tasks["is_control"] & (tasks["config_name"] != "sersic_twin")]  # twins repeat cosmos draws
     d = raw_config()["defaults"]
     uni = lambda spec: stats.uniform(spec["low"], spec["high"] - spec["low"]).cdf  # noqa: E731
     for col in ("theta_e", "lens_q", "shear_gamma", "src_mag_r", "src_z"):
@@ -106,6 +106,30 @@ def test_parameter_distributions_match_the_priors(big):
                                                             d["sersic_re_arcsec"]["high"]).cdf) > P_MIN
     counts = np.bincount(inj["src_index"].astype(int), minlength=BANK)
     assert len(counts) == BANK and stats.chisquare(counts).pvalue > P_MIN
+
+
+def test_ablation_repeats_the_cosmos_draws_with_twin_sources(big):
+    """sersic_twin tasks: every parameter equals the cosmos task of the same target and replicate;
+    Sersic parameters null (the bank's twin is used); own, unique seeds."""
+    tasks, _ = big
+    inj = tasks[~tasks["is_control"]]
+    cos = inj[inj["config_name"] == "cosmos"].set_index(["target_id", "replicate"])
+    twin = inj[inj["config_name"] == "sersic_twin"].set_index(["target_id", "replicate"]).loc[cos.index]
+    for col in ("theta_e", "lens_e1", "lens_e2", "shear_g1", "shear_g2", "src_x", "src_y", "src_index",
+                "src_phi", "src_mag_r", "src_z"):
+        assert (twin[col].to_numpy() == cos[col].to_numpy()).all(), col
+    assert (twin["src_mode"] == "sersic").all()
+    for col in ("sersic_n", "sersic_re_arcsec", "sersic_q", "sersic_phi"):
+        assert twin[col].isna().all(), col
+    assert not set(twin["seed"]) & set(cos["seed"])
+    bad = raw_config()
+    bad["configs"][2]["ablation_of"] = "nope"
+    with pytest.raises(ConfigError, match=r"configs\[2\].ablation_of: no earlier \(non-ablation\) config named 'nope'"):
+        manifest.parse_config(bad, "test")
+    same = raw_config()
+    same["configs"][2]["src_mode"] = "cosmos"
+    with pytest.raises(ConfigError, match="an ablation must change the source mode"):
+        manifest.parse_config(same, "test")
 
 
 def test_lenstronomy_conventions_round_trip(big):
@@ -156,7 +180,7 @@ def test_config_hashes_and_locations():
     (lambda r: r["configs"][1].update(sersic_n={"dist": "gauss"}), r"configs\[1\].sersic_n.dist: must be one of"),
     (lambda r: r["defaults"].pop("src_z"), r"defaults.src_z: missing required key"),
     (lambda r: r.update(replicate=2), r"replicate: unknown key"),
-    (lambda r: r["configs"].append({"name": "cosmos"}), r"configs\[2\].name: duplicate config name"),
+    (lambda r: r["configs"].append({"name": "cosmos"}), r"configs\[3\].name: duplicate config name"),
 ])
 def test_config_errors_name_the_key(edit, message):
     raw = raw_config()

@@ -287,9 +287,9 @@ def test_select_then_manifest_jobs_in_local_spark(spark, data_root, tmp_path, wh
     assert build_manifest.main(["--targets", out, "--config", conf, "--output", mroot, *bank_args]) == 0
     summary_path = [p for p in capsys.readouterr().out.splitlines() if p.startswith("wrote ")][-1][6:]
     summary = json.loads(storage.read_bytes(storage.join(summary_path, "_manifest.json")))
-    assert summary["rows"] == 3 * 2 * 2 * 2 and summary["controls"] == 12
+    assert summary["rows"] == 3 * 3 * 2 * 2 and summary["controls"] == 18  # targets x configs x replicates x (1 + control)
     tasks = read_parquet(spark, summary_path).toPandas()
-    assert len(tasks) == 24 and tasks["task_id"].is_unique and tasks["seed"].is_unique
+    assert len(tasks) == 36 and tasks["task_id"].is_unique and tasks["seed"].is_unique
     assert set(tasks["target_id"]) == set(targets["target_id"])
     ctl = tasks[tasks["is_control"]]
     assert ctl["theta_e"].isna().all() and ctl["src_mode"].isna().all()

@@ -26,6 +26,9 @@ Per task:
   rotation of the source image); ``src_mag_r`` unlensed AB r magnitude; ``src_z``; colours come
   from the bank row (``g_r``, ``r_z``) at injection. Sersic mode adds ``sersic_n``,
   ``sersic_re_arcsec`` (half-light radius), ``sersic_q``, ``sersic_phi`` (uniform in [0, pi)).
+- Ablation configs (``ablation_of: <earlier config>``, another ``src_mode``) draw every parameter
+  with the referenced task's seed, so the Sersic-vs-COSMOS comparison changes nothing but the
+  source; their Sersic parameters are null and the injection uses the bank row's Sersic twin.
 - A paired control (``is_control``) per injected task: same target, config and replicate, every
   arc parameter null. ``pair_id`` is the injected task's ``task_id`` on both rows of a pair.
 """
@@ -127,6 +130,7 @@ class InjectionConfig:
     r_min_over_theta_e: float
     r_max_over_theta_e: float
     merged: dict                          # validated mapping of this config (hashed)
+    ablation_of: str | None = None        # draw every parameter as this (earlier) config does
 
 
 @dataclass(frozen=True)
@@ -194,11 +198,14 @@ def parse_config(raw: dict, source: str = "<config>") -> ManifestPlan:
         key = f"configs[{i}]"
         if not isinstance(entry, dict):
             raise c.fail(key, f"expected a mapping, got {entry!r}")
-        c.unknown(entry, allowed | {"name"}, key)
+        c.unknown(entry, allowed | {"name", "ablation_of"}, key)
         name = c.string(entry, "name", f"{key}.name")
         if name in names:
             raise c.fail(f"{key}.name", f"duplicate config name {name!r}")
         names.add(name)
+        if "ablation_of" in entry:
+            configs.append(_ablation(c, entry, key, configs))
+            continue
         merged = copy.deepcopy(defaults)
         merged.update(copy.deepcopy({k: v for k, v in entry.items() if k != "name"}))
         where = lambda k: f"{key}.{k}" if k in entry else f"defaults.{k}"  # noqa: E731
@@ -219,6 +226,29 @@ def parse_config(raw: dict, source: str = "<config>") -> ManifestPlan:
                                        r_max_over_theta_e=rmax, merged={"name": name, **kept}))
     return ManifestPlan(version=version, replicates=replicates, paired_controls=paired,
                         bank_size=bank_size, n_buckets=n_buckets, configs=tuple(configs), raw=raw)
+
+
+def _ablation(c: Checker, entry: dict, key: str, earlier: list[InjectionConfig]) -> InjectionConfig:
+    """A config that repeats an earlier config's draws task for task, with another source mode.
+
+    ``{name: sersic_twin, ablation_of: cosmos, src_mode: sersic}``: each task takes the seed of the
+    referenced config's task (same target and replicate) to draw its parameters, so theta_E, lens,
+    shear, position, bank row, rotation, magnitude and redshift are identical; its own ``seed``
+    (noise) stays unique. Its Sersic parameters are null, so the injection step uses the bank row's
+    Sersic twin (same size, shape, brightness).
+    """
+    ref_name = c.string(entry, "ablation_of", f"{key}.ablation_of")
+    ref = next((cfg for cfg in earlier if cfg.name == ref_name and cfg.ablation_of is None), None)
+    if ref is None:
+        raise c.fail(f"{key}.ablation_of", f"no earlier (non-ablation) config named {ref_name!r}")
+    c.unknown(entry, {"name", "ablation_of", "src_mode"}, key)
+    mode = c.string(entry, "src_mode", f"{key}.src_mode", choices=SRC_MODES)
+    if mode == ref.src_mode:
+        raise c.fail(f"{key}.src_mode", f"an ablation must change the source mode of {ref_name!r} ({mode})")
+    merged = {"name": entry["name"], "ablation_of": ref.merged, "src_mode": mode}
+    return InjectionConfig(name=entry["name"], src_mode=mode, priors=ref.priors,
+                           r_min_over_theta_e=ref.r_min_over_theta_e,
+                           r_max_over_theta_e=ref.r_max_over_theta_e, merged=merged, ablation_of=ref_name)
 
 
 def config_hashes(plan: ManifestPlan, bank_size: int) -> list[str]:
@@ -275,7 +305,7 @@ def sample_parameters(seeds: np.ndarray, cfg: InjectionConfig, bank_size: int) -
     out["src_mode"] = np.full(n, cfg.src_mode, dtype=object)
     out["src_index"] = np.minimum((u["src_index"] * bank_size).astype(np.int64), bank_size - 1)
     out["src_phi"] = 2 * np.pi * u["src_phi"]
-    if cfg.src_mode == "sersic":
+    if cfg.src_mode == "sersic" and cfg.ablation_of is None:
         for p in SERSIC_PARAMS:
             out[p] = cfg.priors[p].ppf(u[p])
         out["sersic_phi"] = np.pi * u["sersic_phi"]
@@ -292,10 +322,14 @@ def build_tasks(targets: pd.DataFrame, plan: ManifestPlan, bank_size: int, chash
     n = len(targets)
     tid = targets["target_id"].astype(str).to_numpy()
     base = {c: targets[c].to_numpy() for c in TARGET_COLUMNS}
+    hash_of = {cfg.name: chash for cfg, chash in zip(plan.configs, chashes)}
     for cfg, chash in zip(plan.configs, chashes):
+        draw_hash = hash_of[cfg.ablation_of] if cfg.ablation_of else chash
         for rep in range(plan.replicates):
             task_id = np.array([f"{t}_{chash}_r{rep}" for t in tid], dtype=object)
             seeds = np.array([task_seed(t, chash, rep) for t in tid], dtype=np.int64)
+            draws = seeds if draw_hash == chash else np.array([task_seed(t, draw_hash, rep) for t in tid],
+                                                               dtype=np.int64)
             common = {"config_hash": np.full(n, chash, dtype=object),
                       "config_name": np.full(n, cfg.name, dtype=object),
                       "replicate": np.full(n, rep, dtype=np.int32),
@@ -303,7 +337,7 @@ def build_tasks(targets: pd.DataFrame, plan: ManifestPlan, bank_size: int, chash
                       "manifest_version": np.full(n, plan.version, dtype=object),
                       "code_version": np.full(n, code_version, dtype=object)}
             parts.append({**base, **common, "task_id": task_id, "is_control": np.zeros(n, dtype=bool),
-                          "seed": seeds, **sample_parameters(seeds, cfg, bank_size)})
+                          "seed": seeds, **sample_parameters(draws, cfg, bank_size)})
             if plan.paired_controls:
                 ctl = np.array([task_seed(t, chash, rep, control=True) for t in tid], dtype=np.int64)
                 parts.append({**base, **common, "task_id": task_id + "_ctl",
