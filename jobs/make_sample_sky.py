@@ -84,7 +84,9 @@ def run(args) -> dict:
 
     n_bricks = int(rows["brickname"].nunique())
     df = spark.createDataFrame(rows).repartition(max(n_bricks, 1), "brickname")
-    done = df.mapInPandas(render, "brickname string, summary string").orderBy("brickname").collect()
+    # collect, then sort here: a Spark sort would sample, i.e. run the rendering tasks twice
+    done = sorted(df.mapInPandas(render, "brickname string, summary string").collect(),
+                  key=lambda r: r["brickname"])
     summary = {"kind": "rendered stand-in sky (NOT real survey imaging)", "catalogs": catalogs,
                "options": opts, "bricks": [json.loads(r["summary"]) for r in done]}
     write_json(storage.join(base, "sample_sky.json"), summary)

@@ -40,6 +40,10 @@ def get_spark(app_name: str, conf: dict | None = None) -> SparkSession:
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": os.environ.get("LENSINJ_SHUFFLE_PARTITIONS", "8"),
+        # stamps carry ~115 kB of pixels per row: keep Arrow batches to tens of MB (the default
+        # 10,000 rows exhausts the JVM's direct memory, and the Python worker then hangs)
+        "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
+        "spark.driver.memory": os.environ.get("LENSINJ_DRIVER_MEMORY", "4g"),
     }
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         settings[f"spark.executorEnv.{var}"] = "1"
