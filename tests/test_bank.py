@@ -132,3 +132,24 @@ def test_job_writes_s3_output(btk, s3_bucket, capsys):
     empty = read_bank(uri)
     assert len(empty) == 0 and empty.images.shape == (0, 96, 96)
     assert json.loads(empty.attrs["rejected_counts"])["mag_out_of_range"] == 5
+
+
+@pytest.mark.parametrize("n_sersic,template_name", [(1.0, "CWW_Scd_ext"), (2.0, "CWW_Sbc_ext"), (4.0, "CWW_E_ext")])
+@pytest.mark.parametrize("z", [0.3, 1.2])
+def test_template_colours_without_photometry(n_sersic, template_name, z):
+    """No catalogue photometry: the colours are GalSim's CWW template (by Sersic index, as GalSim's
+    COSMOSCatalog assigns them) redshifted to the photo-z, through speclite's DECam curves; checked
+    against GalSim's own SED redshifting and integration."""
+    import speclite.filters
+
+    gr, rz, source = source_colours.galaxy_colours(z, None, n_sersic)
+    assert source == "cww_template"
+    sed = galsim.SED(f"{template_name}.sed", wave_type="Ang", flux_type="flambda").atRedshift(z)
+    mags = []
+    for band in "grz":
+        curve = speclite.filters.load_filter(f"decam2014-{band}")
+        bp = galsim.Bandpass(galsim.LookupTable(curve.wavelength, curve.response, interpolant="linear"),
+                             wave_type="Ang").withZeropoint("AB")
+        mags.append(sed.calculateMagnitude(bp))
+    assert gr == pytest.approx(mags[0] - mags[1], abs=0.02)
+    assert rz == pytest.approx(mags[1] - mags[2], abs=0.02)
