@@ -113,10 +113,6 @@ def _kernels(args, pixel_scale: float) -> tuple[list[np.ndarray], dict]:
         psfex = getattr(args, f"psfex_{b}")
         if psfex:
             x, y = args.psfex_pos if args.psfex_pos else (None, None)
-            if x is None:
-                from astropy.io import fits
-                with fits.open(psfex) as h:
-                    x, y = float(h[1].data["polzero1"][0]), float(h[1].data["polzero2"][0])
             kernels.append(psfex_kernel(psfex, x, y, pixel_scale))
             cards[f"PSFEX_{b.upper()}"] = (psfex.rsplit("/", 1)[-1][:60], "PSFEx model")
             continue

@@ -223,4 +223,30 @@ def test_bad_inputs_are_clear_errors(inputs, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text((CONF / "injection.yaml").read_text().replace("psf_model: gaussian", "psf_model: airy"))
     assert run_job(inputs, tmp_path / "o2", "--config", str(bad)) == 2
-    assert "psf_model: expected 'gaussian' or 'moffat'" in capsys.readouterr().err
+    assert "psf_model: expected 'gaussian', 'moffat' or 'psfex'" in capsys.readouterr().err
+    missing = tmp_path / "missing.yaml"
+    missing.write_text((CONF / "injection.yaml").read_text().replace("psf_model: gaussian", "psf_model: psfex")
+                       .replace("psfex_files: null", "psfex_files: {g: /no/g.fits, r: /no/r.fits, z: /no/z.fits}"))
+    assert run_job(inputs, tmp_path / "o3", "--config", str(missing)) == 2
+    assert "psfex_files.g: /no/g.fits: file not found" in capsys.readouterr().err
+
+
+def test_pixelised_psfex_psf_when_configured(stamps, inputs, tmp_path, data_root):
+    """psf_model: psfex injects through real DECam PSFEx models: the arcs change shape, not flux."""
+    psfex = data_root / "legacysurvey" / "psfex"
+    files = {"g": "c4d_150329_083505_ooi_g_ls9-N11-psfex.fits", "r": "c4d_150329_083320_ooi_r_ls9-N11-psfex.fits",
+             "z": "c4d_150412_073257_ooi_z_ls9-N11-psfex.fits"}
+    conf = tmp_path / "psfex.yaml"
+    conf.write_text((CONF / "injection.yaml").read_text().replace("psf_model: gaussian", "psf_model: psfex")
+                    .replace("psfex_files: null", "psfex_files: {" + ", ".join(f"{b}: {psfex / f}" for b, f in files.items()) + "}"))
+    out = tmp_path / "psfex_stamps"
+    assert run_job(inputs, out, "--config", str(conf)) == 0
+    new = read_all(out).to_pandas().set_index("task_id")
+    ref = read_all(stamps).to_pandas().set_index("task_id").loc[new.index]
+    assert new["ok"].all()
+    inj = ~new["is_control"]
+    assert (new.loc[inj, "injection_config_hash"] != ref.loc[inj, "injection_config_hash"]).all()
+    np.testing.assert_allclose(new.loc[inj, "arc_flux_r"].to_numpy(float), ref.loc[inj, "arc_flux_r"].to_numpy(float), rtol=0.02)
+    diff = [np.abs(np.asarray(a) - np.asarray(b)).max() / np.asarray(b).max()
+            for a, b in zip(new.loc[inj, "arc"], ref.loc[inj, "arc"])]
+    assert min(diff) > 1e-3  # a different PSF: a different image

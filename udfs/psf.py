@@ -71,9 +71,11 @@ def psf_kernel(model: str, fwhm: float, pixel_scale: float, beta: float | None =
     raise ValueError(f"unknown PSF model {model!r}: use 'gaussian', 'moffat' or a PSFEx file")
 
 
-def psfex_kernel(uri: str, x: float, y: float, pixel_scale: float, size: int = 63,
+@lru_cache(maxsize=64)
+def psfex_kernel(uri: str, x: float | None, y: float | None, pixel_scale: float, size: int = 63,
                  psfex_pixel_scale: float = DECAM_PIXEL_SCALE) -> np.ndarray:
-    """PSF image of a Legacy Survey PSFEx model (``*-psfex.fits``) at CCD pixel ``(x, y)``.
+    """PSF image of a Legacy Survey PSFEx model (``*-psfex.fits``) at CCD pixel ``(x, y)``
+    (``None``: the model's fit centre, POLZERO).
 
     Legacy Survey files keep PSFEx's keywords (POLZERO, POLSCAL, POLDEG, PSF_SAMP, ...) as table
     columns; they are moved into the header so that GalSim's ``DES_PSFEx`` evaluates the
@@ -99,6 +101,8 @@ def psfex_kernel(uri: str, x: float, y: float, pixel_scale: float, size: int = 6
             model = galsim.des.DES_PSFEx(hdu)
     except (OSError, KeyError, IndexError, TypeError) as exc:
         raise ValueError(f"{uri}: not a readable Legacy Survey PSFEx model ({exc})") from exc
+    if x is None or y is None:
+        x, y = float(row["polzero1"]), float(row["polzero2"])
     psf = model.getPSF(galsim.PositionD(x, y))  # in CCD pixel units
     return _draw(psf, size, pixel_scale / psfex_pixel_scale)
 

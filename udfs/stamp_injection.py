@@ -28,7 +28,8 @@ from udfs.arc_metrics import CORE_RADIUS_ARCSEC
 from udfs.cosmology import angular_size_ratio
 from udfs.injection import Sources, inject, render_arcs
 from udfs.lens_model import Lens
-from udfs.psf import psf_kernel
+from udfs import storage
+from udfs.psf import psf_kernel, psfex_kernel
 from udfs.source_bank import SourceBank
 from udfs.yaml_config import Checker, load_yaml
 
@@ -45,8 +46,9 @@ class InjectionSettings:
     bands: str = "grz"
     pixel_scale: float = 0.262          # arcsec / pixel of the cutouts
     supersampling: int = 8
-    psf_model: str = "gaussian"         # gaussian | moffat
+    psf_model: str = "gaussian"         # gaussian | moffat | psfex
     moffat_beta: float = 3.5
+    psfex_files: tuple = ()             # psfex: one PSFEx model per band, in band order
     arc_noise: bool = True
     core_radius_arcsec: float = CORE_RADIUS_ARCSEC
     rescale_to_src_z: bool = True
@@ -63,15 +65,28 @@ def load_settings(uri: str) -> InjectionSettings:
     if unknown:
         raise c.fail(unknown[0], "unknown key")
     model = c.get(raw, "psf_model", "psf_model")
-    if model not in ("gaussian", "moffat"):
-        raise c.fail("psf_model", f"expected 'gaussian' or 'moffat', got {model!r}")
+    if model not in ("gaussian", "moffat", "psfex"):
+        raise c.fail("psf_model", f"expected 'gaussian', 'moffat' or 'psfex', got {model!r}")
     bands = c.get(raw, "bands", "bands")
     if not (isinstance(bands, str) and bands and set(bands) <= set("grz")):
         raise c.fail("bands", f"expected a string of bands from 'grz', got {bands!r}")
+    files = c.get(raw, "psfex_files", "psfex_files")
+    if model == "psfex":
+        if not isinstance(files, dict) or set(files) != set(bands):
+            raise c.fail("psfex_files", f"psf_model psfex needs one PSFEx file per band {bands!r}, got {files!r}")
+        for b in bands:
+            if not storage.exists(str(files[b])):
+                raise c.fail(f"psfex_files.{b}", f"{files[b]}: file not found")
+        files = tuple(str(files[b]) for b in bands)
+    elif files is not None:
+        raise c.fail("psfex_files", f"only used with psf_model psfex (null otherwise), got {files!r}")
+    else:
+        files = ()
     return InjectionSettings(
         bands=bands, pixel_scale=c.number(raw, "pixel_scale", "pixel_scale", lo=0, lo_open=True),
         supersampling=c.integer(raw, "supersampling", "supersampling", lo=1, hi=32),
         psf_model=model, moffat_beta=c.number(raw, "moffat_beta", "moffat_beta", lo=1, lo_open=True),
+        psfex_files=files,
         arc_noise=c.boolean(raw, "arc_noise", "arc_noise"),
         core_radius_arcsec=c.number(raw, "core_radius_arcsec", "core_radius_arcsec", lo=0, lo_open=True),
         rescale_to_src_z=c.boolean(raw, "rescale_to_src_z", "rescale_to_src_z"),
@@ -100,6 +115,14 @@ def _arc_reason(row, bank: SourceBank) -> str | None:
     if idx is None or not 0 <= int(idx) < len(bank):
         return "bad_parameter:src_index"
     return None
+
+
+def _kernels(settings: InjectionSettings, fwhms: list[float]) -> list[np.ndarray]:
+    """PSF kernel per band: the target's FWHM (gaussian/moffat), or the configured PSFEx models
+    evaluated at their fit centre (psfex)."""
+    if settings.psf_model == "psfex":
+        return [psfex_kernel(f, None, None, settings.pixel_scale) for f in settings.psfex_files]
+    return [psf_kernel(settings.psf_model, fwhm, settings.pixel_scale, settings.moffat_beta) for fwhm in fwhms]
 
 
 def _pixels(values, shape) -> np.ndarray:
@@ -141,8 +164,7 @@ def inject_tasks(pdf: pd.DataFrame, bank: SourceBank, settings: InjectionSetting
     if len(good):
         images = _pixels(out["image"].to_numpy()[good], (len(bands), n, n))
         invvar = _pixels(out["invvar"].to_numpy()[good], (len(bands), n, n))
-        depth_psf = [[psf_kernel(settings.psf_model, float(out[f"psf_fwhm_{b}"].iat[g]),
-                                 settings.pixel_scale, settings.moffat_beta) for b in bands] for g in good]
+        depth_psf = [_kernels(settings, [float(out[f"psf_fwhm_{b}"].iat[g]) for b in bands]) for g in good]
         for k, b in enumerate(bands):  # point-source depth implied by the cutout's invvar
             nea = np.array([1.0 / np.sum(kern[k] ** 2) for kern in depth_psf])
             out.loc[out.index[good], f"psfdepth_{b}"] = np.median(invvar[:, k], axis=(1, 2)) / nea
