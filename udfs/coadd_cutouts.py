@@ -27,7 +27,6 @@ image 0, invvar 0 (the survey's "no data" convention; the invvar marks them, the
 """
 from __future__ import annotations
 
-import io
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -39,6 +38,7 @@ from astropy.wcs import WCS
 
 from udfs import storage
 from udfs.http_range import HTTPRangeFile, http_size, is_http
+from udfs.storage import RangeReader
 
 WCS_KEYS = ("NAXIS1", "NAXIS2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1", "CD2_2")
 
@@ -96,44 +96,26 @@ def _open_raw(uri: str, size: int):
     return HTTPRangeFile(uri, size) if is_http(uri) else storage.open_input(uri)
 
 
-class CountingFile(io.RawIOBase):
+class CountingFile(RangeReader):
     """Seekable read-only view of a local, S3 or HTTP file that counts the bytes it fetches.
 
     A failed read is retried ``retries`` times with exponential backoff, reopening the file.
     """
 
     def __init__(self, uri: str, size: int, retries: int = 0, backoff_s: float = 0.0):
-        super().__init__()
-        self.uri, self.size, self.retries, self.backoff_s = uri, size, retries, backoff_s
+        super().__init__(size)
+        self.uri, self.retries, self.backoff_s = uri, retries, backoff_s
         self.bytes_read = 0
         self.n_reads = 0
-        self._pos = 0
         self._raw = _open_raw(uri, size)
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(base + int(offset), 0)
-        return self._pos
-
-    def readinto(self, buf) -> int:
-        n = min(len(buf), self.size - self._pos)
-        if n <= 0:
-            return 0
+    def _read_at(self, pos: int, n: int) -> bytes:
         for attempt in range(self.retries + 1):
             try:
-                self._raw.seek(self._pos)
+                self._raw.seek(pos)
                 data = self._raw.read(n)
                 if len(data) != n:
-                    raise OSError(f"short read: {len(data)} of {n} bytes at {self._pos}")
+                    raise OSError(f"short read: {len(data)} of {n} bytes at {pos}")
                 break
             except (OSError, ValueError) as exc:
                 if attempt == self.retries:
@@ -147,11 +129,9 @@ class CountingFile(io.RawIOBase):
                     self._raw = _open_raw(self.uri, self.size)
                 except OSError:
                     pass  # next attempt fails on the stale handle and backs off again
-        buf[:n] = data
         self.bytes_read += n
         self.n_reads += 1
-        self._pos += n
-        return n
+        return data
 
     def close(self) -> None:
         try:

@@ -6,9 +6,10 @@ portal) exactly as from local disk or S3. The size comes from a HEAD request; a 
 """
 from __future__ import annotations
 
-import io
 import urllib.error
 import urllib.request
+
+from udfs.storage import RangeReader
 
 TIMEOUT_S = 60
 
@@ -38,40 +39,19 @@ def http_size(url: str) -> int:
     return int(length)
 
 
-class HTTPRangeFile(io.RawIOBase):
+class HTTPRangeFile(RangeReader):
     """Random-access binary file over HTTP; wrap in ``io.BufferedReader`` only if many tiny reads."""
 
     def __init__(self, url: str, size: int | None = None):
-        super().__init__()
+        super().__init__(http_size(url) if size is None else size)
         self.url = url
-        self.size = http_size(url) if size is None else int(size)
-        self._pos = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(base + int(offset), 0)
-        return self._pos
-
-    def readinto(self, buf) -> int:
-        n = min(len(buf), self.size - self._pos)
-        if n <= 0:
-            return 0
-        rng = f"bytes={self._pos}-{self._pos + n - 1}"
+    def _read_at(self, pos: int, n: int) -> bytes:
+        rng = f"bytes={pos}-{pos + n - 1}"
         with _request(self.url, headers={"Range": rng}) as r:
             if r.status != 206:
                 raise OSError(f"{self.url}: server ignored Range {rng} (HTTP {r.status})")
             data = r.read()
         if len(data) != n:
-            raise OSError(f"{self.url}: asked for {n} bytes at {self._pos}, got {len(data)}")
-        buf[:n] = data
-        self._pos += n
-        return n
+            raise OSError(f"{self.url}: asked for {n} bytes at {pos}, got {len(data)}")
+        return data
