@@ -14,7 +14,7 @@ import numpy as np
 from udfs.arc_metrics import CORE_RADIUS_ARCSEC, arc_metrics
 from udfs.arc_noise import add_poisson_noise, gain_estimate
 from udfs.lens_model import Lens
-from udfs.lensed_render import MODE_COSMOS, MODE_SERSIC, render_unit_arcs, support_radius
+from udfs.lensed_render import MODE_COSMOS, MODE_SERSIC, render_unit_arcs
 from udfs.psf import convolve_bands
 from udfs.source_bank import SourceBank
 
@@ -76,7 +76,7 @@ def render_arcs(lens: Lens, sources: Sources, kernels: list[list[np.ndarray]], n
             raise ValueError("cosmos sources need a source bank")
         images = bank.images
         scale = bank.pixel_scale * (1.0 if sources.size_scale is None else np.asarray(sources.size_scale))
-        support = _bank_support(bank)
+        support = bank.support_pix
     unit, n_images = render_unit_arcs(
         lens, npix=npix, pixel_scale=pixel_scale, mode=codes, src_x=sources.x, src_y=sources.y,
         src_phi=sources.phi, src_index=sources.index, images=images, image_scale=scale,
@@ -87,16 +87,6 @@ def render_arcs(lens: Lens, sources: Sources, kernels: list[list[np.ndarray]], n
     for s in range(len(lens)):
         arcs[s] = convolve_bands(unit[s], kernels[s]) * flux[s][:, None, None]
     return RenderedArcs(arcs=arcs, magnification=unit.sum(axis=(1, 2)), n_images=n_images)
-
-
-_SUPPORT_CACHE: dict[int, np.ndarray] = {}
-
-
-def _bank_support(bank: SourceBank) -> np.ndarray:
-    key = id(bank.images)
-    if key not in _SUPPORT_CACHE:
-        _SUPPORT_CACHE[key] = support_radius(bank.images)
-    return _SUPPORT_CACHE[key]
 
 
 def inject(images: np.ndarray, invvar: np.ndarray, rendered: RenderedArcs, lens: Lens, bands: str,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import h5py
 import numpy as np
@@ -32,6 +32,13 @@ class SourceBank:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    @cached_property
+    def support_pix(self) -> np.ndarray:
+        """Per image, the radius (image pixels) beyond which it is zero (for the renderer)."""
+        from udfs.lensed_render import support_radius
+
+        return support_radius(self.images)
 
     def check_index(self, index: int) -> int:
         if not 0 <= int(index) < len(self):

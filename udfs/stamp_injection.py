@@ -164,16 +164,16 @@ def inject_tasks(pdf: pd.DataFrame, bank: SourceBank, settings: InjectionSetting
     if len(good):
         images = _pixels(out["image"].to_numpy()[good], (len(bands), n, n))
         invvar = _pixels(out["invvar"].to_numpy()[good], (len(bands), n, n))
-        depth_psf = [_kernels(settings, [float(out[f"psf_fwhm_{b}"].iat[g]) for b in bands]) for g in good]
+        kernels = [_kernels(settings, [float(out[f"psf_fwhm_{b}"].iat[g]) for b in bands]) for g in good]
         for k, b in enumerate(bands):  # point-source depth implied by the cutout's invvar
-            nea = np.array([1.0 / np.sum(kern[k] ** 2) for kern in depth_psf])
+            nea = np.array([1.0 / np.sum(kern[k] ** 2) for kern in kernels])
             out.loc[out.index[good], f"psfdepth_{b}"] = np.median(invvar[:, k], axis=(1, 2)) / nea
         arcs = np.zeros_like(images)
         inj = np.flatnonzero(~ctrl[good])
         if len(inj):
             rows = out.iloc[good[inj]]
             arcs[inj], injected = _inject(rows, images[inj], invvar[inj],
-                                          [depth_psf[j] for j in inj], bank, settings, n, cosmology, out)
+                                          [kernels[j] for j in inj], bank, settings, n, cosmology, out)
             images[inj] = injected
         out["image"] = pd.Series([None] * len(out), dtype=object, index=out.index)
         out["arc"] = pd.Series([None] * len(out), dtype=object, index=out.index)
@@ -206,13 +206,12 @@ def _inject(rows: pd.DataFrame, images, invvar, kernels, bank: SourceBank, setti
     for col, twin_value in twin.items():
         given = pd.to_numeric(rows[col], errors="coerce").to_numpy(float) if col in rows else np.full(len(rows), np.nan)
         sers[col] = np.where(np.isnan(given), twin_value, given)
-    lens = Lens.make(rows["theta_e"].to_numpy(float), rows["lens_e1"].to_numpy(float),
-                     rows["lens_e2"].to_numpy(float), 0.0, 0.0, rows["shear_g1"].to_numpy(float),
-                     rows["shear_g2"].to_numpy(float))
     # the lens sits on the target: the cutout centre (N-1)/2 plus the target's sub-pixel offset
     cx = rows["dx_pix"].to_numpy(float) * settings.pixel_scale
     cy = rows["dy_pix"].to_numpy(float) * settings.pixel_scale
-    lens = Lens.make(lens.theta_e, lens.e1, lens.e2, cx, cy, lens.gamma1, lens.gamma2)
+    lens = Lens.make(rows["theta_e"].to_numpy(float), rows["lens_e1"].to_numpy(float),
+                     rows["lens_e2"].to_numpy(float), cx, cy, rows["shear_g1"].to_numpy(float),
+                     rows["shear_g2"].to_numpy(float))
     sources = Sources(mode=rows["src_mode"].to_numpy(), x=cx + rows["src_x"].to_numpy(float),
                       y=cy + rows["src_y"].to_numpy(float),
                       phi=np.where(sersic, sers["sersic_phi"], src_phi),
