@@ -140,6 +140,15 @@ def _in_triangle(px, py, ax, ay, bx, by, cx, cy):
     return not (neg and pos)
 
 
+@njit(cache=True, inline="always")
+def _cell_contains(px, py, gx, gy, j, i):
+    """Whether the traced cell with corners (j, i)..(j+1, i+1) covers (px, py), as two triangles."""
+    return (_in_triangle(px, py, gx[j, i], gy[j, i], gx[j, i + 1], gy[j, i + 1], gx[j + 1, i + 1],
+                         gy[j + 1, i + 1]) or
+            _in_triangle(px, py, gx[j, i], gy[j, i], gx[j + 1, i + 1], gy[j + 1, i + 1], gx[j + 1, i],
+                         gy[j + 1, i]))
+
+
 @njit(cache=True)
 def _add_image(found, nfound, x, y, cell, sx, sy, b, q, lc, ls, cx, cy, g1, g2):
     """Refine a candidate from a cell of size ``cell`` centred on (x, y); append it if new."""
@@ -173,10 +182,7 @@ def _scan_cell(found, nfound, x0, y0, cell, m, sx, sy, b, q, lc, ls, cx, cy, g1,
             xc, yc = x0 + (c + 0.5) * h, y0 + (a + 0.5) * h
             if abs(xc - cx) <= 0.5 * h and abs(yc - cy) <= 0.5 * h:
                 continue  # the SIE's singular core holds no image
-            if (_in_triangle(sx, sy, gx[a, c], gy[a, c], gx[a, c + 1], gy[a, c + 1],
-                             gx[a + 1, c + 1], gy[a + 1, c + 1]) or
-                    _in_triangle(sx, sy, gx[a, c], gy[a, c], gx[a + 1, c + 1], gy[a + 1, c + 1],
-                                 gx[a + 1, c], gy[a + 1, c])):
+            if _cell_contains(sx, sy, gx, gy, a, c):
                 nfound = _add_image(found, nfound, xc, yc, h, sx, sy, b, q, lc, ls, cx, cy, g1, g2)
     return nfound
 
@@ -203,10 +209,7 @@ def _count_images(cbx, cby, sx, sy, c0, pixel_scale, b, q, lc, ls, cx, cy, g1, g
                                     pixel_scale, 8, sx, sy, b, q, lc, ls, cx, cy, g1, g2)
                 if abs(x - cx) <= 0.5 * pixel_scale and abs(y - cy) <= 0.5 * pixel_scale:
                     continue
-            if (_in_triangle(sx, sy, cbx[j, i], cby[j, i], cbx[j, i + 1], cby[j, i + 1],
-                             cbx[j + 1, i + 1], cby[j + 1, i + 1]) or
-                    _in_triangle(sx, sy, cbx[j, i], cby[j, i], cbx[j + 1, i + 1], cby[j + 1, i + 1],
-                                 cbx[j + 1, i], cby[j + 1, i])):
+            if _cell_contains(sx, sy, cbx, cby, j, i):
                 nfound = _add_image(found, nfound, x, y, pixel_scale, sx, sy, b, q, lc, ls, cx, cy, g1, g2)
     return nfound
 
