@@ -19,6 +19,7 @@ import sys
 import pandas as pd
 import pyarrow as pa
 
+from jobs.cli import InputError
 from udfs import storage
 from udfs.anchor_config import ConfigError, PositionList, load_config
 from udfs.anchors import (crossmatch_to_lenscat, exclude_near, lenscat_table, read_positions,
@@ -30,10 +31,6 @@ from udfs.yaml_config import load_yaml
 ANCHOR_SCHEMA = pa.schema(list(TARGET_SCHEMA) + [
     ("name", pa.string()), ("zlens", pa.float64()), ("lens_type", pa.string()), ("grading", pa.string()),
     ("ref", pa.string()), ("theta_e", pa.float64()), ("catalog", pa.string()), ("catalog_row", pa.int64())])
-
-
-class InputError(ValueError):
-    """Bad input: one line naming the file/key, exit code 2."""
 
 
 def parse_args(argv):

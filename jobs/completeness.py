@@ -19,16 +19,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.cli import InputError
 from udfs import storage
 from udfs.completeness import COUNT_COLUMNS, completeness_table, count_bins, heatmap_grid, wilson
 from udfs.provenance import code_version, config_hash
 from udfs.validation_config import ConfigError, load_config
 
 STAMP_COLUMNS = ["task_id", "is_control", "ok"]
-
-
-class InputError(ValueError):
-    """Bad input: one line naming the file/column, exit code 2."""
 
 
 def parse_args(argv):

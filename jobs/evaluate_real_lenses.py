@@ -25,15 +25,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.cli import InputError
 from udfs import storage
 from udfs.anchors import crossmatch_to_lenscat, footprint_check, lenscat_table
 from udfs.provenance import code_version, config_hash
 from udfs.recall import evaluate, split_refs
 from udfs.validation_config import ConfigError, load_config
-
-
-class InputError(ValueError):
-    """Bad input: one line naming the file/column, exit code 2."""
 
 
 def parse_args(argv):

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.cli import InputError
 from udfs import storage
 from udfs.coadd_cutouts import CutoutConfig, cut_brick
 from udfs.provenance import code_version, config_hash
@@ -43,10 +44,6 @@ OUT_COLUMNS = [
     ("code_version", "string"), ("config_hash", "string"),
 ]
 SMALL_COLUMNS = ["target_id", "ok", "fail_reason", "bytes_read", "file_bytes", "brickname"]
-
-
-class InputError(ValueError):
-    """Bad input: reported as one line naming the file/column, exit code 2."""
 
 
 def parse_args(argv):

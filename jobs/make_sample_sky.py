@@ -17,12 +17,9 @@ import argparse
 import json
 import sys
 
+from jobs.cli import InputError
 from udfs import storage
 from udfs.bricks import brick_from_name
-
-
-class InputError(ValueError):
-    pass
 
 
 def parse_args(argv):

@@ -21,6 +21,7 @@ import sys
 
 import numpy as np
 
+from jobs.cli import InputError
 from udfs import storage
 from udfs.provenance import code_version, config_hash
 from udfs.qa_report import (FINITE_INJECTED, ROW_CHECKS, SCALARS, compare_reports, pair_metrics,
@@ -44,10 +45,6 @@ HISTOGRAMS = ["theta_e", "arc_snr", "magnification", "arc_colour_g_r", "arc_colo
               "core_flux_frac", "src_gini", "src_m20", "src_clumpiness", "src_hlr_arcsec", "psf_fwhm_r"]
 HIST_SAMPLE = 200_000   # rows drawn (hash of task_id) for the histogram picture
 GALLERY_POOL = 5_000    # complete pairs drawn (hash of pair_id) to pick the gallery's arc-SNR ranks
-
-
-class InputError(ValueError):
-    """Bad input: one line naming the file/column, exit code 2."""
 
 
 def parse_args(argv):
