@@ -182,7 +182,11 @@ def test_catalog_errors_name_file_and_column(data_root, tmp_path):
 def test_input_expansion_folder_glob_and_list(data_root, tmp_path):
     ls = data_root / "legacysurvey"
     folder = expand_inputs([str(ls)])
-    assert len(folder) == 7 and all("/sweep-" in f or "/tractor-" in f for f in folder)
+    # Every sweep/Tractor FITS file at any depth, and nothing else (coadds, CCD tables, PSFEx files).
+    catalogues = sorted(str(p) for p in ls.rglob("*.fits") if p.name.startswith(("sweep-", "tractor-")))
+    assert folder == catalogues
+    assert {p.split("/")[-2] for p in folder} >= {"dr8_sweeps", "dr8_tractor", "dr9_tractor"}
+    assert not any("-ccds" in f or "psfex" in f or "legacysurvey-" in f for f in folder)
     assert expand_inputs([str(ls / "dr8_sweeps" / "sweep-3[12]*.fits")]) == sorted(
         str(p) for p in (ls / "dr8_sweeps").glob("sweep-3[12]*.fits"))
     shutil.copy(ls / "dr9_tractor/tractor-1054p567.fits", tmp_path / "tractor-1054p567.fits")
