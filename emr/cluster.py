@@ -7,7 +7,7 @@ task per core) and put the numba cache on node-local disk.
 """
 from __future__ import annotations
 
-from udfs import storage
+from udfs.io import storage
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 TAG_PREFIX = "lensinj:"

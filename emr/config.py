@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from udfs.provenance import REPO_ROOT
+from udfs.config.provenance import REPO_ROOT
 
 EMR_CONFIG = REPO_ROOT / "conf" / "emr.yaml"
 PIPELINE_CONFIG = REPO_ROOT / "conf" / "pipeline.yaml"

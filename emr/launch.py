@@ -27,7 +27,7 @@ from emr.config import (EMR_CONFIG, PIPELINE_CONFIG, ConfigError, load_emr_confi
                         validate_emr_config, pinned_pyspark)
 from emr.follow import RunFailed, follow, latest_run_id
 from emr.iam import render_policy
-from udfs.provenance import REPO_ROOT, config_hash
+from udfs.config.provenance import REPO_ROOT, config_hash
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BOOTSTRAP_FILES = ("bootstrap/install_deps.sh", "bootstrap/requirements-emr-build.txt",

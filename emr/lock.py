@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from udfs.provenance import REPO_ROOT
+from udfs.config.provenance import REPO_ROOT
 
 RUNTIME_OUT = REPO_ROOT / "bootstrap" / "requirements-emr.txt"
 BUILD_OUT = REPO_ROOT / "bootstrap" / "requirements-emr-build.txt"

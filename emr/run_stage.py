@@ -2,7 +2,7 @@
 
 spark-submit runs a script, not ``-m module``; this script (uploaded beside the code zip, which
 ``--py-files`` puts on ``sys.path``) sets ``LENSINJ_CODE_VERSION`` for the driver (executors get it
-from ``spark.executorEnv``; :func:`udfs.provenance.code_version` reads it) and calls the job's
+from ``spark.executorEnv``; :func:`udfs.config.provenance.code_version` reads it) and calls the job's
 ``main(argv)``, exiting with its status. Standard library only: it runs before anything else.
 """
 from __future__ import annotations

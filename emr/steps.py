@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from emr.config import ConfigError
-from udfs import storage
+from udfs.io import storage
 
 PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_.]*)\}")
 STEP_NAME = re.compile(r"^lensinj:(?P<run_id>[^:]+):(?P<index>\d+)/(?P<total>\d+):(?P<module>[\w.]+)$")

@@ -2,7 +2,7 @@
 
     python -m jobs.build_anchors --output DIR [--config conf/anchors.yaml] [--negatives NAME=PATH ...]
 
-Selects lenscat entries by grading, type, reference and footprint (:mod:`udfs.anchors`), takes the
+Selects lenscat entries by grading, type, reference and footprint (:mod:`udfs.targets.anchors`), takes the
 hard negatives from the configured lists (plus ``--negatives NAME=PATH``, columns ``ra``/``dec``),
 drops negatives near any lenscat entry, and writes a Parquet dataset in the stage-1 targets schema
 (split ``anchor`` / ``negative``) that ``jobs.make_cutouts --targets DIR`` reads like any targets,
@@ -20,13 +20,13 @@ import pandas as pd
 import pyarrow as pa
 
 from jobs.cli import InputError
-from udfs import storage
-from udfs.anchor_config import ConfigError, PositionList, load_config
-from udfs.anchors import (crossmatch_to_lenscat, exclude_near, lenscat_table, read_positions,
+from udfs.io import storage
+from udfs.config.anchors import ConfigError, PositionList, load_config
+from udfs.targets.anchors import (crossmatch_to_lenscat, exclude_near, lenscat_table, read_positions,
                           select_lenscat, target_rows)
-from udfs.lrg_targets import TARGET_SCHEMA
-from udfs.provenance import code_version, config_hash
-from udfs.yaml_config import load_yaml
+from udfs.targets.lrg_targets import TARGET_SCHEMA
+from udfs.config.provenance import code_version, config_hash
+from udfs.config.checker import load_yaml
 
 ANCHOR_SCHEMA = pa.schema(list(TARGET_SCHEMA) + [
     ("name", pa.string()), ("zlens", pa.float64()), ("lens_type", pa.string()), ("grading", pa.string()),

@@ -6,7 +6,7 @@ The manifest is written to ``<output>/<manifest_hash>/`` where the hash covers t
 config and the bank size: a changed config lands in a new folder, never over an old manifest.
 Rerunning with the same targets and config rewrites byte-identical files; pointing the same
 config at different targets into the same folder is refused. ``<output>/<hash>/_manifest.json``
-records counts, per-config hashes and provenance. Row semantics: :mod:`udfs.manifest`.
+records counts, per-config hashes and provenance. Row semantics: :mod:`udfs.stamps.manifest`.
 """
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from jobs.spark import dataset_files, get_spark, read_parquet, write_json, write_parquet
-from udfs import storage
-from udfs.manifest import (MANIFEST_SCHEMA, TARGET_COLUMNS, build_tasks, config_hashes, load_config,
+from udfs.io import storage
+from udfs.stamps.manifest import (MANIFEST_SCHEMA, TARGET_COLUMNS, build_tasks, config_hashes, load_config,
                            manifest_hash)
-from udfs.provenance import code_version, config_hash
-from udfs.yaml_config import ConfigError
+from udfs.config.provenance import code_version, config_hash
+from udfs.config.checker import ConfigError
 
 
 def _fail(msg: str) -> int:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     if args.bank:
-        from udfs.source_bank import read_bank
+        from udfs.sources.bank import read_bank
 
         try:
             bank_size = int(read_bank(args.bank).images.shape[0])

@@ -5,7 +5,7 @@
 PATH: the stage-5 stamps dataset; SCORES: a Parquet file or dataset with columns ``task_id`` and
 ``score`` (one row per scored stamp; local or s3://). Spark reads the stamps' truth columns one task
 per file (pyarrow, no pixels), joins the scores on task_id, and counts per bin and threshold
-(:mod:`udfs.completeness`). Writes ``DIR/completeness.parquet`` (one row per axis bin or heat-map
+(:mod:`udfs.qa.selection_function`). Writes ``DIR/completeness.parquet`` (one row per axis bin or heat-map
 cell and threshold: n, k, completeness, Wilson interval), ``DIR/completeness.json`` (the same plus
 totals, unmatched counts and the control stamps' false-positive rate per threshold) and
 ``DIR/completeness_heatmap_t<threshold>.png``. Exit 2 on bad input, naming the file/column.
@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.cli import InputError
-from udfs import storage
-from udfs.completeness import COUNT_COLUMNS, completeness_table, count_bins, heatmap_grid, wilson
-from udfs.provenance import code_version, config_hash
-from udfs.validation_config import ConfigError, load_config
+from udfs.io import storage
+from udfs.qa.selection_function import COUNT_COLUMNS, completeness_table, count_bins, heatmap_grid, wilson
+from udfs.config.provenance import code_version, config_hash
+from udfs.config.validation import ConfigError, load_config
 
 STAMP_COLUMNS = ["task_id", "is_control", "ok"]
 
@@ -78,7 +78,7 @@ def run(args) -> dict:
     from pyspark.sql import functions as F
 
     from jobs.spark import get_spark, write_json
-    from udfs import qa_plots
+    from udfs.qa import plots
 
     try:
         cfg = load_config(args.config).completeness
@@ -141,7 +141,7 @@ def run(args) -> dict:
     for t in thresholds:
         comp, cnt = heatmap_grid(table, bins, heat, t)
         path = storage.join(args.output, f"completeness_heatmap_t{t:g}.png")
-        storage.write_bytes(path, qa_plots.heatmap(comp, bins[heat[0]], bins[heat[1]], heat[0], heat[1],
+        storage.write_bytes(path, plots.heatmap(comp, bins[heat[0]], bins[heat[1]], heat[0], heat[1],
                                                    f"completeness at score >= {t:g} (n per cell)", cnt))
         pngs.append(path)
     summary = {

@@ -16,12 +16,12 @@ import sys
 
 import numpy as np
 
-from udfs.injection import Sources, inject, render_arcs
-from udfs.lens_model import Lens
-from udfs.provenance import code_version
-from udfs.psf import psf_kernel, psfex_kernel
-from udfs.source_bank import read_bank
-from udfs.stamp_fits import lens_centre_offset, read_cutout, write_injected
+from udfs.lensing.arcs import Sources, inject, render_arcs
+from udfs.lensing.lens_model import Lens
+from udfs.config.provenance import code_version
+from udfs.survey.psf import psf_kernel, psfex_kernel
+from udfs.sources.bank import read_bank
+from udfs.stamps.fits_io import lens_centre_offset, read_cutout, write_injected
 
 BANDS = "grz"
 DEFAULT_MAG_R = 23.0       # unlensed source r magnitude when not given

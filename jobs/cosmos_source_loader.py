@@ -6,8 +6,8 @@
 
 The driver validates the catalogue and applies the catalogue-level cuts; Spark renders the
 remaining galaxies in ``--workers`` partitions (each task opens the catalogue once and returns
-plain arrays); the driver writes the bank in catalogue order through ``udfs.storage`` (local or
-s3://) and prints a summary. Layout: :mod:`udfs.source_bank`.
+plain arrays); the driver writes the bank in catalogue order through ``udfs.io.storage`` (local or
+s3://) and prints a summary. Layout: :mod:`udfs.sources.bank`.
 """
 from __future__ import annotations
 
@@ -22,9 +22,11 @@ import time
 
 import numpy as np
 
-from udfs import bank_build, bank_config, storage
-from udfs.cosmos_catalog import CatalogError, open_catalog, stage_to_local
-from udfs.provenance import REPO_ROOT, code_version, config_hash
+from udfs.sources import bank_build
+from udfs.config import bank as bank_config
+from udfs.io import storage
+from udfs.sources.cosmos_catalog import CatalogError, open_catalog, stage_to_local
+from udfs.config.provenance import REPO_ROOT, code_version, config_hash
 
 DEFAULT_CONFIG = str(REPO_ROOT / "conf" / "bank.yaml")
 

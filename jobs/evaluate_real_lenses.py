@@ -9,10 +9,10 @@ Parquet file or dataset with ``target_id``, ``score`` (one per stamp); CUTOUTS (
 to lenscat (astropy SkyCoord; it must lie within ``--radius`` arcsec, default 1, of its entry) and,
 with ``--cutouts``, must sit on its cutout (ok, within half a pixel of the stamp centre). Anchors
 failing a check are reported and left out of the recall. Then recall at the configured thresholds
-and fixed FPRs with bootstrap intervals (:mod:`udfs.recall`), overall and split by reference,
+and fixed FPRs with bootstrap intervals (:mod:`udfs.qa.recall`), overall and split by reference,
 grading and theta_E (where known). Writes ``DIR/recall.json``, ``DIR/recall_by_group.parquet``,
 ``DIR/anchor_checks.parquet`` and ``DIR/score_distributions.png``. The tables are small (one score
-per stamp), so they are read on the driver with pyarrow through :mod:`udfs.storage`.
+per stamp), so they are read on the driver with pyarrow through :mod:`udfs.io.storage`.
 Exit 2 on bad input; with ``--strict`` exit 1 when an anchor fails a position check.
 """
 from __future__ import annotations
@@ -26,11 +26,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.cli import InputError
-from udfs import storage
-from udfs.anchors import crossmatch_to_lenscat, footprint_check, lenscat_table
-from udfs.provenance import code_version, config_hash
-from udfs.recall import evaluate, split_refs
-from udfs.validation_config import ConfigError, load_config
+from udfs.io import storage
+from udfs.targets.anchors import crossmatch_to_lenscat, footprint_check, lenscat_table
+from udfs.config.provenance import code_version, config_hash
+from udfs.qa.recall import evaluate, split_refs
+from udfs.config.validation import ConfigError, load_config
 
 
 def parse_args(argv):
@@ -94,7 +94,7 @@ def _groups(pos: pd.DataFrame, bins) -> list[tuple[str, str, np.ndarray]]:
 
 def run(args) -> dict:
     from jobs.spark import parquet_bytes, write_json
-    from udfs import qa_plots
+    from udfs.qa import plots
 
     try:
         full_cfg = load_config(args.config)
@@ -176,7 +176,7 @@ def run(args) -> dict:
                         parquet_bytes(pa.Table.from_pandas(checks, preserve_index=False)))
     lines = {f"t={r['threshold']:g}": r["threshold"] for r in overall["at_threshold"]}
     lines.update({f"FPR {r['fpr']:g}": r["threshold"] for r in overall["at_fpr"] if r["supported"]})
-    storage.write_bytes(storage.join(args.output, "score_distributions.png"), qa_plots.score_distributions(
+    storage.write_bytes(storage.join(args.output, "score_distributions.png"), plots.score_distributions(
         {"anchors": pos["score"].to_numpy(float), "negatives": neg["score"].to_numpy(float)}, lines,
         cfg.histogram_bins, "scores of real lenses and hard negatives"))
     write_json(storage.join(args.output, "recall.json"), summary)

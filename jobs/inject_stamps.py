@@ -4,7 +4,7 @@
         --output STAMPS [--config conf/injection.yaml] [--skip-existing]
 
 Tasks (stage 3) are joined with their cutouts (stage 4) on ``target_id``; each Python worker loads
-the bank once (``udfs.source_bank.load_bank``) and ``udfs.stamp_injection.inject_tasks`` renders
+the bank once (``udfs.sources.bank.load_bank``) and ``udfs.stamps.inject.inject_tasks`` renders
 batches. Output: a Parquet dataset partitioned by ``split=``, one file per hash bucket of
 ``task_id``; pixel columns (``image``, ``invvar``, ``arc``: float32 ``(band, y, x)``;
 ``maskbits``: int32 ``(y, x)``) are Arrow fixed-size lists, shapes and band order in the schema
@@ -26,11 +26,11 @@ import pyarrow.parquet as pq
 from pyspark.sql import functions as F
 
 from jobs.spark import bucket_of, dataset_files, get_spark, read_parquet, write_json, write_parquet
-from udfs import storage
-from udfs.provenance import code_version, config_hash
-from udfs.source_bank import read_bank
-from udfs.stamp_injection import InjectionSettings, load_settings
-from udfs.yaml_config import ConfigError
+from udfs.io import storage
+from udfs.config.provenance import code_version, config_hash
+from udfs.sources.bank import read_bank
+from udfs.stamps.inject import InjectionSettings, load_settings
+from udfs.config.checker import ConfigError
 
 DEFAULT_CONFIG = "conf/injection.yaml"
 CUTOUT_COLUMNS = ["target_id", "ok", "fail_reason", "dx_pix", "dy_pix", "image", "invvar", "maskbits"]
@@ -178,8 +178,8 @@ def run(args, settings: InjectionSettings, n: int, bank) -> dict:
     bank_uri, names = args.bank, [c for c, _ in cols]
 
     def inject(batches):
-        from udfs.source_bank import load_bank
-        from udfs.stamp_injection import inject_tasks
+        from udfs.sources.bank import load_bank
+        from udfs.stamps.inject import inject_tasks
 
         worker_bank = load_bank(bank_uri)
         for pdf in batches:

@@ -7,7 +7,7 @@
 TARGETS: the stage-1 Parquet dataset (columns target_id, ra, dec, brickname, split,
 psf_fwhm_<band> for every requested band). BASE: local folder, s3:// or http(s):// holding
 ``coadd/<bri>/<brick>/legacysurvey-<brick>-*.fits.fz``. Targets are grouped by brick; each group
-reads only the compressed tiles its stamps need (:mod:`udfs.coadd_cutouts`).
+reads only the compressed tiles its stamps need (:mod:`udfs.survey.coadd_cutouts`).
 
 Output: a Parquet dataset (bucketed by target_id) with one row per target: ``ok``, ``fail_reason``,
 ``image``/``invvar`` (float32) and ``maskbits`` (int32) as Arrow fixed-size lists, band-major
@@ -15,7 +15,7 @@ Output: a Parquet dataset (bucketed by target_id) with one row per target: ``ok`
 schema metadata; ``dx_pix, dy_pix`` (target offset from the stamp centre (N-1)/2), PSF FWHM per band,
 ``bytes_read`` / ``file_bytes``, ``code_version``, ``config_hash``. With it ``<OUT>/_summary.json``:
 counts by fail_reason and bytes read per stamp against the whole files' size. Failed rows keep
-their pixel columns as lists of null items (never zeros); see :mod:`udfs.coadd_cutouts` for reasons.
+their pixel columns as lists of null items (never zeros); see :mod:`udfs.survey.coadd_cutouts` for reasons.
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.cli import InputError
-from udfs import storage
-from udfs.coadd_cutouts import CutoutConfig, cut_brick
-from udfs.provenance import code_version, config_hash
+from udfs.io import storage
+from udfs.survey.coadd_cutouts import CutoutConfig, cut_brick
+from udfs.config.provenance import code_version, config_hash
 
 REQUIRED = ("target_id", "ra", "dec", "brickname", "split")
 OUT_COLUMNS = [

@@ -6,7 +6,7 @@
 TARGETS: a Parquet dataset with brickname, ra, dec (e.g. stage 1's output). CAT: Tractor and/or
 sweep catalogues (folders, globs, list files or files; earlier ones win for the same
 brickname+objid, so list Tractor catalogues first). Every catalogue row falling on a written brick
-is rendered from its Tractor model with noise at the catalogue depth (:mod:`udfs.sample_sky`),
+is rendered from its Tractor model with noise at the catalogue depth (:mod:`udfs.survey.sample_sky`),
 so a brick without a Tractor file is rendered from the sweep rows around its targets. Writes
 ``BASE/coadd/<bri>/<brick>/legacysurvey-<brick>-*.fits.fz`` (one Spark task per brick) and
 ``BASE/sample_sky.json``. This is NOT real survey imaging: see the README.
@@ -18,8 +18,8 @@ import json
 import sys
 
 from jobs.cli import InputError
-from udfs import storage
-from udfs.bricks import brick_from_name
+from udfs.io import storage
+from udfs.survey.bricks import brick_from_name
 
 
 def parse_args(argv):
@@ -37,8 +37,8 @@ def parse_args(argv):
 
 def run(args) -> dict:
     from jobs.spark import get_spark, read_parquet, write_json
-    from udfs.sample_sky import read_catalogs
-    from udfs.tractor_catalog import CatalogError, expand_inputs
+    from udfs.survey.sample_sky import read_catalogs
+    from udfs.survey.tractor_catalog import CatalogError, expand_inputs
 
     if not args.bands or any(b not in "grz" for b in args.bands):
         raise InputError(f"--bands: {args.bands!r} must be letters from 'grz'")
@@ -70,7 +70,7 @@ def run(args) -> dict:
     def render(batches):
         import pandas as pd
 
-        from udfs.sample_sky import read_catalogs, write_sky_for_targets
+        from udfs.survey.sample_sky import read_catalogs, write_sky_for_targets
 
         for batch in batches:
             if batch.empty:

@@ -23,8 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from udfs.provenance import REPO_ROOT, code_version
-from udfs.sample_data import data_root
+from udfs.config.provenance import REPO_ROOT, code_version
+from udfs.io.sample_data import data_root
 
 CONF = REPO_ROOT / "conf"
 
@@ -48,8 +48,8 @@ def main(argv=None) -> int:
     from jobs import (build_manifest, cosmos_source_loader, inject_stamps, make_cutouts,
                       make_sample_sky, select_lrgs, validate_cosmos_injection)
     from jobs.spark import get_spark
-    from udfs.manifest import load_config, manifest_hash
-    from udfs.source_bank import read_bank
+    from udfs.stamps.manifest import load_config, manifest_hash
+    from udfs.sources.bank import read_bank
 
     data = data_root()
     ls = data / "legacysurvey"

@@ -3,10 +3,10 @@
     python -m jobs.select_lrgs --input PATH_OR_GLOB [...] --output PATH [--config conf/lrg_selection.yaml]
 
 ``--input``: folders, globs, list files or single files, local or s3:// (see
-:func:`udfs.tractor_catalog.expand_inputs`). Spark distributes the file list; each task reads its
-files with astropy through :mod:`udfs.storage` and applies the cuts vectorised
-(:mod:`udfs.lrg_targets`). Output: a Parquet dataset of targets (schema
-:data:`udfs.lrg_targets.TARGET_SCHEMA`) and ``<output>/_funnel.json`` (rows removed per cut,
+:func:`udfs.survey.tractor_catalog.expand_inputs`). Spark distributes the file list; each task reads its
+files with astropy through :mod:`udfs.io.storage` and applies the cuts vectorised
+(:mod:`udfs.targets.lrg_targets`). Output: a Parquet dataset of targets (schema
+:data:`udfs.targets.lrg_targets.TARGET_SCHEMA`) and ``<output>/_funnel.json`` (rows removed per cut,
 realised split fractions, provenance), also printed. A bad file, a missing column or an unknown
 data release stops the job with exit code 2 and a message naming the file and column.
 """
@@ -23,12 +23,12 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from jobs.spark import get_spark, write_json, write_parquet
-from udfs import storage
-from udfs.lrg_cuts import LRG_CUTS, load_config
-from udfs.lrg_targets import PSF_CUT, TARGET_SCHEMA, select_targets
-from udfs.provenance import REPO_ROOT, code_version, config_hash
-from udfs.tractor_catalog import CatalogError, expand_inputs, read_catalog
-from udfs.yaml_config import ConfigError
+from udfs.io import storage
+from udfs.targets.lrg_cuts import LRG_CUTS, load_config
+from udfs.targets.lrg_targets import PSF_CUT, TARGET_SCHEMA, select_targets
+from udfs.config.provenance import REPO_ROOT, code_version, config_hash
+from udfs.survey.tractor_catalog import CatalogError, expand_inputs, read_catalog
+from udfs.config.checker import ConfigError
 
 DEFAULT_CONFIG = str(REPO_ROOT / "conf" / "lrg_selection.yaml")
 DUPLICATE_CUT = "duplicate_target_id"
@@ -39,7 +39,7 @@ def _process_files(raw_config: dict, chash: str, version: str):
     def run(batches):
         import pandas as pd
 
-        from udfs.lrg_cuts import parse_config
+        from udfs.targets.lrg_cuts import parse_config
 
         cfg = parse_config(raw_config)
         for batch in batches:

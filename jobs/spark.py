@@ -1,6 +1,6 @@
 """Spark session and Parquet dataset I/O shared by every job.
 
-Spark distributes the work; file I/O goes through :mod:`udfs.storage` (pyarrow) inside the tasks, so
+Spark distributes the work; file I/O goes through :mod:`udfs.io.storage` (pyarrow) inside the tasks, so
 local paths and ``s3://`` URIs behave the same in local mode (no Hadoop S3 connector needed) and on
 EMR. Datasets are written deterministically: rows are hashed into a fixed number of buckets by a
 key, each bucket is one file ``[<col>=<value>/]part-<bucket>.parquet`` sorted by the key, so a
@@ -19,7 +19,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from udfs import storage
+from udfs.io import storage
+from udfs.io.datasets import DatasetError, dataset_files, file_schema, partition_values
 
 BUCKET_COL = "_bucket"
 
@@ -134,16 +135,6 @@ def _null_lists_to_null_items(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table
 
 
-def dataset_files(uri: str) -> list[str]:
-    """All ``*.parquet`` files of a dataset, recursing into hive partitions, sorted."""
-    import pyarrow.fs as pafs
-
-    fs, path = storage.resolve(uri)
-    info = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    files = sorted(i.path for i in info if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
-    return ["s3://" + f for f in files] if storage.is_s3(uri) else files
-
-
 def read_parquet(spark: SparkSession, uri: str) -> DataFrame:
     """Read a dataset written by :func:`write_parquet` (local or s3://), one Spark task per file.
 
@@ -151,11 +142,10 @@ def read_parquet(spark: SparkSession, uri: str) -> DataFrame:
     """
     files = dataset_files(uri)
     if not files:
-        raise FileNotFoundError(f"{uri}: no Parquet files found")
-    first = pq.read_schema(storage.open_input(files[0]))
-    parts = [seg.split("=", 1) for seg in files[0][len(uri):].split("/")[:-1] if "=" in seg]
-    arrow_schema = pa.schema([f for f in first if f.name not in dict(parts)] +
-                             [pa.field(k, pa.string()) for k, _ in parts])
+        raise DatasetError(f"{uri}: no Parquet files found")
+    parts = partition_values(uri, files[0])
+    arrow_schema = pa.schema([f for f in file_schema(files[0]) if f.name not in parts] +
+                             [pa.field(k, pa.string()) for k in parts])
     spark_schema = from_arrow_schema(_spark_compatible(arrow_schema))
 
     def read(batches):
@@ -164,10 +154,8 @@ def read_parquet(spark: SparkSession, uri: str) -> DataFrame:
                 table = pq.read_table(storage.open_input(path))
                 table = table.cast(_spark_compatible(table.schema))
                 df = table.to_pandas()
-                for seg in path[len(uri):].split("/")[:-1]:
-                    if "=" in seg:
-                        k, v = seg.split("=", 1)
-                        df[k] = v
+                for k, v in partition_values(uri, path).items():
+                    df[k] = v
                 yield df[[f.name for f in arrow_schema]]
 
     paths = spark.createDataFrame([(f,) for f in files], "path string").repartition(len(files))

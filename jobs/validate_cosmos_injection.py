@@ -4,7 +4,7 @@
         [--compare OTHER_PATH] [--config conf/validation.yaml] [--strict]
 
 PATH: the stage-5 stamps dataset (local or s3://, ``split=`` folders). Spark reads one task per
-file with pyarrow (:mod:`udfs.qa_report`): per-row checks, then a full outer join of injected and
+file with pyarrow (:mod:`udfs.qa.report`): per-row checks, then a full outer join of injected and
 control rows on ``pair_id`` for flux accounting and the shortcut-gate pixels; counts and quantiles
 are Spark aggregates. Writes the JSON report and, beside it, ``<stem>_gallery.png`` (injected |
 control | difference, Lupton RGB, sorted by arc SNR) and ``<stem>_histograms.png``; with
@@ -22,13 +22,13 @@ import sys
 import numpy as np
 
 from jobs.cli import InputError
-from udfs import storage
-from udfs.provenance import code_version, config_hash
-from udfs.qa_report import (FINITE_INJECTED, ROW_CHECKS, SCALARS, compare_reports, pair_metrics,
+from udfs.io import storage
+from udfs.config.provenance import code_version, config_hash
+from udfs.qa.report import (FINITE_INJECTED, ROW_CHECKS, SCALARS, compare_reports, pair_metrics,
                             quantile_block, read_stamp_rows)
-from udfs.shortcut_gates import run_gates
-from udfs.stamp_pixels import StampInputError, pixel_array, stamp_layout
-from udfs.validation_config import ConfigError, load_config
+from udfs.qa.shortcut_gates import run_gates
+from udfs.stamps.pixels import StampInputError, pixel_array, stamp_layout
+from udfs.config.validation import ConfigError, load_config
 
 STRING_COLS = {"task_id", "target_id", "pair_id", "config_hash", "code_version", "brickname", "src_mode",
                "fail_reason", "split"}
@@ -344,7 +344,7 @@ def _sibling(output: str, suffix: str) -> str:
 
 def run(args) -> dict:
     from jobs.spark import get_spark, write_json
-    from udfs import qa_plots
+    from udfs.qa import plots
 
     try:
         cfg = load_config(args.config)
@@ -368,21 +368,21 @@ def run(args) -> dict:
     outputs = {"gallery": _sibling(args.output, "gallery.png"), "histograms": _sibling(args.output, "histograms.png")}
     bands = rep_a["layout"]["bands"]
     if gal_a:
-        storage.write_bytes(outputs["gallery"], qa_plots.gallery(gal_a, bands, f"{args.stamps}: injected | control"))
+        storage.write_bytes(outputs["gallery"], plots.gallery(gal_a, bands, f"{args.stamps}: injected | control"))
     if rep_b is None:
         report = {**rep_a, "provenance": provenance}
         samples = {c: {"injected": v} for c, v in hist_a.items()}
     else:
         if gal_b:
             outputs["gallery_b"] = _sibling(args.output, "gallery_b.png")
-            storage.write_bytes(outputs["gallery_b"], qa_plots.gallery(gal_b, rep_b["layout"]["bands"],
+            storage.write_bytes(outputs["gallery_b"], plots.gallery(gal_b, rep_b["layout"]["bands"],
                                                                        f"{args.compare}: injected | control"))
         comparison = compare_reports(rep_a, rep_b, median_shift=cfg.report.compare_median_shift,
                                      rate_diff=cfg.report.compare_rate_diff)
         report = {"a": rep_a, "b": rep_b, "comparison": comparison, "provenance": provenance,
                   "flags": [f"A: {f}" for f in rep_a["flags"]] + [f"B: {f}" for f in rep_b["flags"]]}
         samples = {c: {"A": hist_a[c], "B": hist_b[c]} for c in hist_a}
-    storage.write_bytes(outputs["histograms"], qa_plots.histograms(samples, cfg.report.histogram_bins,
+    storage.write_bytes(outputs["histograms"], plots.histograms(samples, cfg.report.histogram_bins,
                                                                    "injected stamps (ok)"))
     report["outputs"] = outputs
     write_json(args.output, report)

@@ -1,7 +1,7 @@
 """Test inputs for the lensing core: a small bank of real COSMOS galaxies and cutout FITS files.
 
 The bank is drawn here with GalSim from the real ``btk_ext26`` galaxies in the documented layout
-(``udfs.source_bank``), so the renderer is tested on real morphologies independently of the bank
+(``udfs.sources.bank``), so the renderer is tested on real morphologies independently of the bank
 job; the cutouts are generated with a TAN WCS at the DR10 pixel scale.
 """
 from __future__ import annotations

@@ -14,9 +14,9 @@ from astropy.wcs import WCS
 
 from jobs import build_anchors, evaluate_real_lenses, make_cutouts
 from jobs.spark import dataset_files
-from udfs import storage
-from udfs.anchors import footprint_check
-from udfs.bricks import brick_from_name
+from udfs.io import storage
+from udfs.targets.anchors import footprint_check
+from udfs.survey.bricks import brick_from_name
 
 BOX = [[20.0, 25.0], [-5.0, 5.0]]
 
@@ -36,7 +36,7 @@ def _read(uri) -> pd.DataFrame:
 
 
 def _lenscat_in_box():
-    """The expected anchors straight from lenscat's own table (not through udfs.anchors)."""
+    """The expected anchors straight from lenscat's own table (not through udfs.targets.anchors)."""
     import lenscat
 
     t = lenscat.catalog.to_pandas()

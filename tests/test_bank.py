@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from jobs import cosmos_source_loader
-from udfs import source_colours
-from udfs.source_bank import read_bank
+from udfs.sources import colours
+from udfs.sources.bank import read_bank
 
 from tests.conftest import BANK_ARGS as ARGS  # the documented test build
 EXPECTED_SELECTED = 6
@@ -88,13 +88,13 @@ def test_hsc_colours_transformed_to_decam(bank, btk):
     import speclite.filters
 
     z = 0.9
-    w1, f1 = source_colours.redshifted("CWW_Sbc_ext", z)
-    w2, f2 = source_colours.redshifted("CWW_Im_ext", z)
+    w1, f1 = colours.redshifted("CWW_Sbc_ext", z)
+    w2, f2 = colours.redshifted("CWW_Im_ext", z)
     flam = 0.5 * f1 / np.median(f1) + 0.5 * np.interp(w1, w2, f2) / np.median(f2)
     unit = u.erg / (u.cm ** 2 * u.s * u.Angstrom)
-    hsc = speclite.filters.load_filters(*source_colours.HSC_FILTERS).get_ab_magnitudes(flam * unit, w1 * u.Angstrom)
-    dec = speclite.filters.load_filters(*source_colours.DECAM_FILTERS).get_ab_magnitudes(flam * unit, w1 * u.Angstrom)
-    got = source_colours.hsc_to_decam(np.array([hsc[n][0] for n in hsc.colnames]), z)
+    hsc = speclite.filters.load_filters(*colours.HSC_FILTERS).get_ab_magnitudes(flam * unit, w1 * u.Angstrom)
+    dec = speclite.filters.load_filters(*colours.DECAM_FILTERS).get_ab_magnitudes(flam * unit, w1 * u.Angstrom)
+    got = colours.hsc_to_decam(np.array([hsc[n][0] for n in hsc.colnames]), z)
     want = np.array([dec[n][0] for n in dec.colnames])
     np.testing.assert_allclose(got[0] - got[1], want[0] - want[1], atol=0.02)
     np.testing.assert_allclose(got[1] - got[2], want[1] - want[2], atol=0.02)
@@ -120,7 +120,7 @@ def test_rerun_is_byte_identical(bank_path, btk, tmp_path):
 
 
 def test_job_writes_s3_output(btk, s3_bucket, capsys):
-    """--output s3://... goes through udfs.storage; a selection that rejects every row still writes a
+    """--output s3://... goes through udfs.io.storage; a selection that rejects every row still writes a
     valid (empty) bank with the rejection counts. (No rendering: the catalogue cuts reject all rows.)"""
     import json
 
@@ -142,7 +142,7 @@ def test_template_colours_without_photometry(n_sersic, template_name, z):
     against GalSim's own SED redshifting and integration."""
     import speclite.filters
 
-    gr, rz, source = source_colours.galaxy_colours(z, None, n_sersic)
+    gr, rz, source = colours.galaxy_colours(z, None, n_sersic)
     assert source == "cww_template"
     sed = galsim.SED(f"{template_name}.sed", wave_type="Ang", flux_type="flambda").atRedshift(z)
     mags = []

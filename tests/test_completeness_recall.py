@@ -12,8 +12,8 @@ import pytest
 from jobs import completeness as comp_job
 from jobs.spark import dataset_files
 from tests.stamp_factory import make_rows, write_dataset
-from udfs.completeness import bin_index, completeness_table, count_bins, wilson
-from udfs.recall import evaluate, split_refs, threshold_at_fpr
+from udfs.qa.selection_function import bin_index, completeness_table, count_bins, wilson
+from udfs.qa.recall import evaluate, split_refs, threshold_at_fpr
 
 
 def test_wilson_against_known_values():

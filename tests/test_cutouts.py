@@ -8,9 +8,10 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from udfs import coadd_cutouts, storage
-from udfs.coadd_cutouts import CutoutConfig, brick_file, cut_brick
-from udfs.sample_sky import fits_fz_bytes
+from udfs.survey import coadd_cutouts
+from udfs.io import storage
+from udfs.survey.coadd_cutouts import CutoutConfig, brick_file, cut_brick
+from udfs.survey.sample_sky import fits_fz_bytes
 
 BRICK = "0959p805"
 FILES = [f"legacysurvey-{BRICK}-{k}-{b}.fits.fz" for k in ("image", "invvar") for b in "gz"]

@@ -11,7 +11,7 @@ from astropy.wcs import WCS
 
 from jobs import make_cutouts, make_sample_sky
 from jobs.spark import dataset_files, parquet_bytes
-from udfs import storage
+from udfs.io import storage
 
 BRICK = "0959p805"
 
@@ -86,7 +86,7 @@ def test_bad_input_exits_2_naming_file_and_column(tmp_path, capsys):
 def test_sample_sky_then_cutouts_for_a_sweep_lrg(spark, tmp_path, data_root):
     """The demo path: an LRG whose brick has no Tractor file is rendered from the sweep rows."""
     ls = data_root / "legacysurvey"
-    from udfs.sample_sky import read_catalog
+    from udfs.survey.sample_sky import read_catalog
 
     sweep = read_catalog(str(ls / "dr8_sweeps" / "sweep-330m005-340p000.fits"))
     lrg = sweep[(sweep.brickname == "3381m017") & (sweep.objid == 99)].iloc[0]

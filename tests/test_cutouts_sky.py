@@ -6,9 +6,9 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from udfs.bricks import brick_at, brick_from_name, coadd_wcs_header
-from udfs.coadd_cutouts import CutoutConfig, brick_file, cut_brick
-from udfs.sample_sky import read_catalogs, render_brick, write_sky_for_targets
+from udfs.survey.bricks import brick_at, brick_from_name, coadd_wcs_header
+from udfs.survey.coadd_cutouts import CutoutConfig, brick_file, cut_brick
+from udfs.survey.sample_sky import read_catalogs, render_brick, write_sky_for_targets
 
 
 def test_brick_grid_matches_the_survey_bricks_table_and_coadd_header(data_root):

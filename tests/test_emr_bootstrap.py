@@ -14,7 +14,7 @@ import zipfile
 
 import pytest
 
-from udfs.provenance import REPO_ROOT
+from udfs.config.provenance import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "bootstrap" / "install_deps.sh"
 

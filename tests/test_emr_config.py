@@ -14,7 +14,7 @@ from emr.config import (EMR_CONFIG, EMR_SPARK_VERSIONS, PIPELINE_CONFIG, STAGE_M
 from emr.iam import render_policy
 from emr.lock import BUILD_OUT, EXCLUDED, RUNTIME_OUT, canonical, read_pins
 from emr.steps import stage_args
-from udfs.provenance import REPO_ROOT
+from udfs.config.provenance import REPO_ROOT
 
 
 def test_emr_release_spark_matches_pinned_pyspark():

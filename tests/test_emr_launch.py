@@ -18,7 +18,7 @@ import pytest
 from emr import launch
 from emr.follow import capacity_cost, instance_cost
 from emr.package import DirtyTreeError, build_zip, check_clean, head_sha
-from udfs.provenance import REPO_ROOT
+from udfs.config.provenance import REPO_ROOT
 
 boto3 = pytest.importorskip("boto3")
 moto = pytest.importorskip("moto")

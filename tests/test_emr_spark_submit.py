@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from emr import launch
-from udfs.provenance import REPO_ROOT
+from udfs.config.provenance import REPO_ROOT
 
 boto3 = pytest.importorskip("boto3")
 moto = pytest.importorskip("moto")

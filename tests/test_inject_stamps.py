@@ -14,11 +14,11 @@ import pytest
 
 from jobs import build_manifest, inject_stamps, make_cutouts, make_sample_sky, select_lrgs
 from jobs.spark import dataset_files
-from udfs import storage
-from udfs.injection import nanomaggies
-from udfs.manifest import load_config, manifest_hash
-from udfs.provenance import REPO_ROOT, code_version
-from udfs.source_bank import read_bank
+from udfs.io import storage
+from udfs.lensing.arcs import nanomaggies
+from udfs.stamps.manifest import load_config, manifest_hash
+from udfs.config.provenance import REPO_ROOT, code_version
+from udfs.sources.bank import read_bank
 
 CONF = REPO_ROOT / "conf"
 

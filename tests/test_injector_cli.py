@@ -5,9 +5,9 @@ from astropy.io import fits
 
 from jobs.cosmos_lens_injector import main
 from tests.lensing_fixtures import tan_header, write_cube_cutout, write_test_bank
-from udfs.arc_metrics import arc_snr, core_flux_fraction
-from udfs.arc_noise import add_poisson_noise
-from udfs.injection import nanomaggies
+from udfs.lensing.arc_metrics import arc_snr, core_flux_fraction
+from udfs.lensing.arc_noise import add_poisson_noise
+from udfs.lensing.arcs import nanomaggies
 
 
 @pytest.fixture(scope="module")

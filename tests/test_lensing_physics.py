@@ -10,11 +10,11 @@ from lenstronomy.LightModel.light_model import LightModel
 from lenstronomy.Util import param_util
 
 from tests.lensing_fixtures import BANK_SCALE, write_test_bank
-from udfs.injection import Sources, nanomaggies, render_arcs
-from udfs.lens_model import Lens, deflection
-from udfs.lensed_render import MODE_COSMOS, MODE_SERSIC, render_unit_arcs
-from udfs.psf import gaussian_kernel
-from udfs.source_bank import read_bank
+from udfs.lensing.arcs import Sources, nanomaggies, render_arcs
+from udfs.lensing.lens_model import Lens, deflection
+from udfs.lensing.render import MODE_COSMOS, MODE_SERSIC, render_unit_arcs
+from udfs.survey.psf import gaussian_kernel
+from udfs.sources.bank import read_bank
 
 N, DP = 64, 0.262
 TOL_PEAK = 0.01   # issue 2: <= 1% of the arc's peak pixel vs lenstronomy at supersampling 8
@@ -70,7 +70,7 @@ def test_cosmos_mode_matches_lenstronomy_interpol(bank, which, p):
     sources = Sources(mode=np.array(["cosmos"]), x=np.array([p["cx"] + 0.12]),
                       y=np.array([p["cy"] + 0.05]), phi=np.array([0.7]), mag=mag,
                       index=np.array([0]))
-    from udfs.source_bank import SourceBank
+    from udfs.sources.bank import SourceBank
     one = SourceBank(images=img[None], pixel_scale=BANK_SCALE)
     ours = render_arcs(our_lens(p), sources, [[kernel] * 3], N, DP, one).arcs[0]
     for b in range(3):
@@ -91,7 +91,7 @@ def test_sersic_mode_matches_lenstronomy(n_sersic, r_e, q):
                                src_x=p["cx"] + 0.1, src_y=p["cy"] - 0.08, src_phi=phi,
                                sersic_n=n_sersic, sersic_re=r_e, sersic_q=q)
     e1, e2 = param_util.phi_q2_ellipticity(phi, q)
-    from udfs.lensed_render import sersic_ie
+    from udfs.lensing.render import sersic_ie
     kw_src = [dict(amp=float(sersic_ie(n_sersic, r_e)), R_sersic=r_e, n_sersic=n_sersic, e1=e1,
                    e2=e2, center_x=p["cx"] + 0.1, center_y=p["cy"] - 0.08)]
     ref = lenstronomy_image(kw_lenstronomy(p), kw_src, "SERSIC_ELLIPSE", None)

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from scipy import stats
 
-from udfs import manifest
-from udfs.provenance import REPO_ROOT
-from udfs.yaml_config import ConfigError
+from udfs.stamps import manifest
+from udfs.config.provenance import REPO_ROOT
+from udfs.config.checker import ConfigError
 
 CONF = REPO_ROOT / "conf" / "injection_priors.yaml"
 BANK = 57

@@ -5,7 +5,7 @@ import galsim
 import numpy as np
 import pytest
 
-from udfs.psf import (convolve, convolve_bands, gaussian_kernel, kernel_centroid, moffat_kernel,
+from udfs.survey.psf import (convolve, convolve_bands, gaussian_kernel, kernel_centroid, moffat_kernel,
                       psf_kernel, psfex_kernel)
 
 

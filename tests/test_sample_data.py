@@ -10,7 +10,7 @@ import threading
 import pytest
 import yaml
 
-from udfs import sample_data
+from udfs.io import sample_data
 
 
 @pytest.fixture

@@ -8,12 +8,13 @@ import pytest
 import yaml
 from astropy.io import fits
 
-from udfs import lrg_cuts, splits
-from udfs.lrg_targets import PSF_CUT, select_targets
-from udfs.psf_fwhm import fwhm_from_depth_ratio
-from udfs.provenance import REPO_ROOT
-from udfs.tractor_catalog import CatalogError, expand_inputs, read_catalog
-from udfs.yaml_config import ConfigError
+from udfs.targets import lrg_cuts
+from udfs.targets import splits
+from udfs.targets.lrg_targets import PSF_CUT, select_targets
+from udfs.survey.psf_size import fwhm_from_depth_ratio
+from udfs.config.provenance import REPO_ROOT
+from udfs.survey.tractor_catalog import CatalogError, expand_inputs, read_catalog
+from udfs.config.checker import ConfigError
 
 CONF = REPO_ROOT / "conf" / "lrg_selection.yaml"
 
@@ -131,7 +132,7 @@ def test_psf_fwhm_from_psfsize_and_depth_fallback(data_root, tmp_path):
     path = data_root / "legacysurvey/dr9_tractor/tractor-1054p567.fits"
     cat = read_catalog(str(path))
     assert cat.data_release[0] == "DR9" and cat.photsys[0] == "N"  # RELEASE 9011: BASS/MzLS
-    from udfs.psf_fwhm import psf_fwhm
+    from udfs.survey.psf_size import psf_fwhm
     for band in "grz":
         size = float(cat.columns[f"PSFSIZE_{band.upper()}"][0])
         fwhm, src = psf_fwhm(cat.columns, band, ("depth_ratio",), None)
@@ -238,7 +239,7 @@ def test_split_fractions_on_a_large_target_set_and_no_cell_in_two_splits():
 def test_select_then_manifest_jobs_in_local_spark(spark, data_root, tmp_path, where, request, capsys):
     from jobs import build_manifest, select_lrgs
     from jobs.spark import dataset_files, read_parquet
-    from udfs import storage
+    from udfs.io import storage
 
     ls = data_root / "legacysurvey"
     sources = [*sorted((ls / "dr8_sweeps").glob("*.fits")), *sorted((ls / "dr8_tractor").glob("*.fits")),

@@ -2,7 +2,7 @@
 import pytest
 
 from jobs.spark import dataset_files, read_parquet, write_parquet
-from udfs import storage
+from udfs.io import storage
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])

@@ -9,12 +9,12 @@ import pytest
 
 from jobs import validate_cosmos_injection as job
 from tests.stamp_factory import BANDS, make_rows, write_dataset
-from udfs import storage
-from udfs.qa_report import flux_residuals, pair_metrics
-from udfs.shortcut_gates import gate_auc
-from udfs.stamp_pixels import StampLayout
-from udfs.validation_config import ConfigError, load_config, parse_config
-from udfs.yaml_config import load_yaml
+from udfs.io import storage
+from udfs.qa.report import flux_residuals, pair_metrics
+from udfs.qa.shortcut_gates import gate_auc
+from udfs.stamps.pixels import StampLayout
+from udfs.config.validation import ConfigError, load_config, parse_config
+from udfs.config.checker import load_yaml
 
 SHAPE = (3, 64, 64)
 

@@ -2,7 +2,7 @@
 
 200 targets at seeded random positions inside the brick's g-band coverage, 64x64 stamps of g image
 and invvar (the brick has no r band and almost no z), read from local disk through
-:func:`udfs.coadd_cutouts.cut_brick` (one brick group, as in the Spark job). Baseline: read and
+:func:`udfs.survey.coadd_cutouts.cut_brick` (one brick group, as in the Spark job). Baseline: read and
 decompress both whole files, then slice the same stamps from memory. Reports bytes read per cutout
 (headers and tile tables amortised over the group, and for the first stamp alone) against the
 whole files' size, and cutouts per second for both.
@@ -20,8 +20,8 @@ N_TARGETS, STAMP, BRICK = 200, 64, "0959p805"
 
 
 def run() -> dict:
-    from udfs.coadd_cutouts import CutoutConfig, cut_brick
-    from udfs.sample_data import data_root
+    from udfs.survey.coadd_cutouts import CutoutConfig, cut_brick
+    from udfs.io.sample_data import data_root
 
     folder = data_root() / "legacysurvey" / "dr6_coadd_0959p805"
     files = [folder / f"legacysurvey-{BRICK}-{k}-g.fits.fz" for k in ("image", "invvar")]

@@ -4,7 +4,7 @@ Inputs are built once from the real samples as in ``make run`` (3 sample LRGs, a
 rendered stand-in coadds, cutouts), with a manifest of many replicates so the job renders a few
 hundred stamps. Timed: ``jobs.inject_stamps`` from cutouts + manifest to Parquet, in local[2]
 Spark, per core. Baseline in the same run: the same rows rendered by the pure transform
-``udfs.stamp_injection.inject_tasks`` in one process, no Spark (``spark_efficiency`` = ours per
+``udfs.stamps.inject.inject_tasks`` in one process, no Spark (``spark_efficiency`` = ours per
 core / baseline). Cutout bytes vs whole files: from the cutout job's summary.
 """
 from __future__ import annotations
@@ -25,11 +25,11 @@ def run() -> dict:
 
     from jobs import build_manifest, cosmos_source_loader, inject_stamps, make_cutouts, make_sample_sky, select_lrgs
     from jobs.spark import dataset_files, get_spark
-    from udfs.manifest import load_config, manifest_hash
-    from udfs.provenance import REPO_ROOT
-    from udfs.sample_data import data_root
-    from udfs.source_bank import read_bank
-    from udfs.stamp_injection import inject_tasks, load_settings
+    from udfs.stamps.manifest import load_config, manifest_hash
+    from udfs.config.provenance import REPO_ROOT
+    from udfs.io.sample_data import data_root
+    from udfs.sources.bank import read_bank
+    from udfs.stamps.inject import inject_tasks, load_settings
 
     conf = REPO_ROOT / "conf"
     ls = data_root() / "legacysurvey"

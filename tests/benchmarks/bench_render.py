@@ -79,11 +79,11 @@ def _lenstronomy_lens_once(model, st, i, images, scale, kernels):
 def run(n_ours: int = 200, n_lenstronomy: int = 40, n_accuracy: int = 12,
         supersampling: int | None = None) -> dict:
     from tests.lensing_fixtures import write_test_bank
-    from udfs.injection import DEFAULT_SUPERSAMPLING, Sources, render_arcs
-    from udfs.lens_model import Lens
-    from udfs.psf import gaussian_kernel
-    from udfs.sample_data import data_root
-    from udfs.source_bank import read_bank
+    from udfs.lensing.arcs import DEFAULT_SUPERSAMPLING, Sources, render_arcs
+    from udfs.lensing.lens_model import Lens
+    from udfs.survey.psf import gaussian_kernel
+    from udfs.io.sample_data import data_root
+    from udfs.sources.bank import read_bank
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bank.h5"

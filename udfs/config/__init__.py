@@ -1,0 +1,1 @@
+"""YAML configs: the one checker, each config's typed loader, provenance hashes."""

@@ -1,0 +1,79 @@
+"""Parquet datasets on local disk or S3: list their files, read ``col=value`` folders, check schemas.
+
+A dataset is a folder of ``*.parquet`` files, possibly below hive-style ``<col>=<value>/`` folders
+(e.g. ``split=train/part-00003.parquet``), or a single Parquet file. These helpers are pure pyarrow
+(no Spark); the jobs' Spark readers and the stage-6 and training readers share them.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from udfs.io import storage
+from udfs.io.errors import InputError
+
+
+class DatasetError(InputError):
+    """A dataset is missing, empty, or lacks the columns or metadata its reader needs."""
+
+
+def dataset_files(uri: str) -> list[str]:
+    """All ``*.parquet`` files of a dataset, recursing into hive partitions, sorted. ``[]`` if none."""
+    fs, path = storage.resolve(uri)
+    info = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    files = sorted(i.path for i in info if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+    return ["s3://" + f for f in files] if storage.is_s3(uri) else files
+
+
+def partition_values(uri: str, path: str) -> dict[str, str]:
+    """The ``col=value`` folders between the dataset root ``uri`` and one of its files."""
+    rel = path.replace("\\", "/")[len(uri.replace("\\", "/")):]
+    return dict(seg.split("=", 1) for seg in rel.split("/")[:-1] if "=" in seg)
+
+
+def list_dataset(uri: str, what: str, *, allow_file: bool = False) -> list[str]:
+    """The files of the dataset at ``uri`` (``what`` names it in errors, e.g. "the stage-1 targets").
+
+    ``allow_file``: a single Parquet file is accepted as a one-file dataset.
+    Raises :class:`DatasetError` when the location cannot be listed or holds no Parquet file.
+    """
+    try:
+        fs, path = storage.resolve(uri)
+        if allow_file and fs.get_file_info(path).type == pafs.FileType.File:
+            return [uri]
+        files = dataset_files(uri)
+    except OSError as exc:
+        raise DatasetError(f"{uri}: cannot list {what} ({exc})") from exc
+    if not files:
+        raise DatasetError(f"{uri}: no Parquet files found (expected {what})")
+    return files
+
+
+def file_schema(path: str) -> pa.Schema:
+    """The Arrow schema (with metadata) stored in one Parquet file."""
+    with storage.open_input(path) as f:
+        return pq.read_schema(f)
+
+
+def check_columns(path: str, schema: pa.Schema, columns: list[str],
+                  partitions: dict[str, str] | None = None) -> None:
+    """Raise :class:`DatasetError` naming ``path`` if any of ``columns`` is neither in ``schema`` nor
+    a partition folder of the file."""
+    missing = [c for c in columns if c not in schema.names and c not in (partitions or {})]
+    if missing:
+        raise DatasetError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+
+
+def open_dataset(uri: str, what: str, columns: list[str], *, allow_file: bool = False
+                 ) -> tuple[list[str], pa.Schema]:
+    """List a dataset and check that its first file has ``columns``: ``(files, first file's schema)``."""
+    files = list_dataset(uri, what, allow_file=allow_file)
+    schema = file_schema(files[0])
+    check_columns(files[0], schema, columns, partition_values(uri, files[0]))
+    return files, schema
+
+
+def schema_metadata(schema: pa.Schema) -> dict[str, str]:
+    """A schema's key/value metadata as ``str -> str``."""
+    return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}

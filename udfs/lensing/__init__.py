@@ -1,0 +1,1 @@
+"""Lensing core: SIE+shear deflection, the ray-shooting renderer, arc noise and metrics."""

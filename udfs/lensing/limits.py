@@ -1,0 +1,9 @@
+"""Physics limits shared by the source bank, the manifest priors, the demo sky and the renderer.
+
+``SERSIC_N_RANGE``: the Sersic indices GalSim can draw (0.3 <= n <= 6.2; GalSim raises outside).
+The bank keeps only Sersic twins in this range, the manifest's Sersic priors must lie in it, the
+demo sky clips catalogue indices to it, and the renderer refuses anything outside it.
+"""
+from __future__ import annotations
+
+SERSIC_N_RANGE = (0.3, 6.2)

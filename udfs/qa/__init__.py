@@ -1,0 +1,1 @@
+"""Stage 6: per-stamp checks, shortcut gates, completeness, real-lens recall, pictures."""

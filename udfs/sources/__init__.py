@@ -1,0 +1,1 @@
+"""The COSMOS source bank: catalogue, rendering, noise, morphology, colours, layout."""

@@ -1,0 +1,215 @@
+"""Build source-bank rows: selection, rendering, Sersic twin, morphology and colours per galaxy,
+and serialise them in the layout of :mod:`udfs.sources.bank`.
+
+Rejection reasons are checked in this fixed order (the first failing one is recorded):
+``galsim_exclusion``, ``mag_out_of_range``, ``bad_zphot`` (catalogue-level, :func:`catalogue_cuts`),
+then per galaxy ``psf_wider_than_target``, ``no_detection``, ``truncated_by_stamp_edge``,
+``neighbour``, ``exceeds_bank_stamp``, ``hlr_out_of_range``, ``hst_noise``, ``morphology_failed``, ``sersic_fit_failed``.
+"""
+from __future__ import annotations
+
+import io
+import json
+
+import galsim
+import h5py
+import numpy as np
+
+from udfs.sources import bank_noise
+from udfs.sources import morphology
+from udfs.sources import colours
+from udfs.sources.bank_render import RenderConfig, draw, footprint, half_light_radius, inspect_original, render
+from udfs.sources.cosmos_catalog import CosmosCatalog
+
+REASONS = ("galsim_exclusion", "mag_out_of_range", "bad_zphot", "psf_wider_than_target", "no_detection",
+           "truncated_by_stamp_edge", "neighbour", "exceeds_bank_stamp", "hlr_out_of_range", "hst_noise",
+           "morphology_failed", "sersic_fit_failed")
+
+# meta columns and their HDF5 dtypes (strings are fixed-width ASCII)
+META_COLUMNS = {
+    "ident": np.int64, "catalog_index": np.int64, "mag_f814w": np.float64, "zphot": np.float64,
+    "g_r": np.float64, "r_z": np.float64, "colour_source": "S16",
+    "sersic_n": np.float64, "sersic_hlr_arcsec": np.float64, "sersic_q": np.float64,
+    "sersic_phi_rad": np.float64, "sersic_source": "S16", "sersic_flag": np.int8,
+    "sersic_psf_convolved": np.int8,
+    "hlr_arcsec": np.float64, "gini": np.float64, "m20": np.float64, "clumpiness": np.float64,
+    "asymmetry": np.float64, "concentration": np.float64, "morph_flag": np.int8,
+    "twin_gini": np.float64, "twin_m20": np.float64, "twin_clumpiness": np.float64,
+    "offset_x_pix": np.float64, "offset_y_pix": np.float64, "flux_hst": np.float64,
+    "noise_sigma_unit": np.float64, "noise_var_dr10_unit": np.float64,
+    "sel_neighbour_flux_ratio": np.float64, "sel_hst_psf_fwhm_arcsec": np.float64,
+    "sel_noise_variance_ratio": np.float64,
+}
+
+
+def render_config(cfg: dict) -> RenderConfig:
+    return RenderConfig(**cfg["render"])
+
+
+def catalogue_cuts(cat: CosmosCatalog, cfg: dict) -> np.ndarray:
+    """Reason index per catalogue row for the catalogue-level cuts (-1 = passes them)."""
+    sel = cfg["selection"]
+    reason = np.full(len(cat), -1, dtype=int)
+    keep = galsim_exclusion_mask(cat, sel["exclusion_level"])
+    mag = np.asarray(cat.main["MAG"], dtype=float)
+    z = cat.zphot()
+    checks = [~keep, ~((mag >= sel["mag_f814w_min"]) & (mag <= sel["mag_f814w_max"])),
+              ~((z >= sel["zphot_min"]) & (z <= sel["zphot_max"]))]
+    for k, failed in enumerate(checks):
+        reason[(reason < 0) & failed] = k
+    return reason
+
+
+def galsim_exclusion_mask(cat: CosmosCatalog, level: str) -> np.ndarray:
+    """Rows kept by GalSim's ``COSMOSCatalog(exclusion_level=level)`` (``none`` keeps all)."""
+    if level == "none":
+        return np.ones(len(cat), dtype=bool)
+    if cat.params is None or "fit_status" not in cat.params.dtype.names:
+        raise ValueError(f"{cat.path}: exclusion_level={level!r} needs the _fits companion with "
+                         "fit_status/sersicfit columns; use exclusion_level: none for this catalogue")
+    if level in ("bad_stamp", "marginal") and cat.selection is None:
+        raise ValueError(f"{cat.path}: exclusion_level={level!r} needs "
+                         f"real_galaxy_catalog_{cat.name}_selection.fits; use none or bad_fits")
+    gcat = galsim.COSMOSCatalog(file_name=cat.file_name, dir=cat.directory, exclusion_level=level)
+    keep = np.zeros(len(cat), dtype=bool)
+    keep[gcat.orig_index] = True
+    return keep
+
+
+def galaxy_seed(seed: int, ident: int) -> int:
+    """Per-galaxy seed for GalSim noise realisations (independent of partitioning)."""
+    return int(np.random.SeedSequence([int(seed), int(ident)]).generate_state(1)[0])
+
+
+def _catalogue_twin(cat: CosmosCatalog, index: int) -> dict | None:
+    """Sersic twin from the _fits companion (GalSim's COSMOSCatalog conventions), None if not viable."""
+    if not cat.has_sersic_fits or not bool(cat.params["viable_sersic"][index]):
+        return None
+    fit = cat.params["sersicfit"][index]
+    return {"sersic_n": float(np.clip(fit[2], 0.3, 6.0)), "sersic_hlr_arcsec": float(cat.params["hlr"][index][0]),
+            "sersic_q": float(fit[3]), "sersic_phi_rad": float(fit[7]) % np.pi, "sersic_flag": 0,
+            "sersic_source": "catalogue_fits", "sersic_psf_convolved": 0}
+
+
+def process_galaxy(cat: CosmosCatalog, rgc: galsim.RealGalaxyCatalog, index: int, cfg: dict,
+                   seed: int) -> tuple[str, dict | None, np.ndarray | None]:
+    """``(status, meta_row, image)``: status ``selected`` or a rejection reason from :data:`REASONS`."""
+    rc = render_config(cfg)
+    sel, nz = cfg["selection"], cfg["noise"]
+    ident = int(cat.main["IDENT"][index])
+    row = {"ident": ident, "catalog_index": int(index), "mag_f814w": float(cat.main["MAG"][index]),
+           "zphot": float(cat.zphot()[index])}
+    psf_fwhm = float(rgc.getPSFImage(index).calculateFWHM())
+    row["sel_hst_psf_fwhm_arcsec"] = psf_fwhm
+    if psf_fwhm >= rc.target_psf_fwhm_arcsec:
+        return "psf_wider_than_target", row, None
+    orig = inspect_original(rgc, index, rc)
+    row["sel_neighbour_flux_ratio"] = orig.neighbour_flux_ratio
+    if not orig.detected:
+        return "no_detection", row, None
+    if orig.touches_edge:
+        return "truncated_by_stamp_edge", row, None
+    if orig.neighbour_flux_ratio >= sel["max_neighbour_flux_ratio"]:
+        return "neighbour", row, None
+    rend = render(rgc, index, rc)
+    if rend is None:
+        return "no_detection", row, None
+    if rend.touches_border:
+        return "exceeds_bank_stamp", row, None
+    scale = rc.pixel_scale_arcsec
+    row.update(offset_x_pix=rend.offset[0], offset_y_pix=rend.offset[1], flux_hst=rend.flux_hst,
+               noise_sigma_unit=rend.noise_sigma_unit, hlr_arcsec=half_light_radius(rend.image, scale))
+    if not sel["hlr_arcsec_min"] <= row["hlr_arcsec"] <= sel["hlr_arcsec_max"]:
+        return "hlr_out_of_range", row, None
+    v_unit = bank_noise.unit_variance_per_dr10_pixel(rend.profile.noise, rend.flux_hst, scale,
+                                                     nz["dr10_psf_fwhm_arcsec"], nz["dr10_pixel_scale_arcsec"])
+    sky = bank_noise.dr10_sky_sigma(nz["dr10_psfdepth_r"], nz["dr10_psf_fwhm_arcsec"], nz["dr10_pixel_scale_arcsec"])
+    row["noise_var_dr10_unit"] = v_unit
+    row["sel_noise_variance_ratio"] = float(bank_noise.variance_ratio(
+        v_unit, nz["reference_mag_r"], nz["reference_magnification"], sky))
+    if row["sel_noise_variance_ratio"] > nz["max_variance_ratio"]:
+        return "hst_noise", row, None
+
+    # Morphology on the bank image itself (footprint only, as injected); the twin gets the same
+    # treatment below, so noise-induced clumpiness is shared by both.
+    rng = galsim.BaseDeviate(galaxy_seed(seed, ident))
+    morph = morphology.measure(rend.image, rend.mask, rend.noise_sigma_unit, scale)
+    if morph["morph_flag"] >= 4 or not np.isfinite(morph["gini"]):
+        return "morphology_failed", row, None
+    twin = _catalogue_twin(cat, index)
+    if twin is None:
+        twin = {k: morph[k] for k in ("sersic_n", "sersic_hlr_arcsec", "sersic_q", "sersic_phi_rad", "sersic_flag")}
+        twin["sersic_source"] = "statmorph_fit"
+        twin["sersic_psf_convolved"] = 1
+        if not twin_is_valid(twin, scale):
+            row.update(twin)
+            return "sersic_fit_failed", row, None
+    row.update({k: morph[k] for k in ("gini", "m20", "clumpiness", "asymmetry", "concentration", "morph_flag")})
+    row.update(twin)
+    row.update(_twin_morphology(twin, rend, rc, rng))
+
+    hsc = cat.hsc_mags()[index] if cat.has_hsc_photometry else None
+    row["g_r"], row["r_z"], row["colour_source"] = colours.galaxy_colours(row["zphot"], hsc, twin["sersic_n"])
+    return "selected", row, rend.image.astype(np.float32)
+
+
+def twin_is_valid(twin: dict, pixel_scale: float) -> bool:
+    """A fitted twin GalSim can draw: 0.3 <= n <= 6.2 (GalSim's range), hlr of at least half a bank
+    pixel and below 5", 0.05 <= q <= 1, statmorph's Sersic flag below 2 (bad)."""
+    return bool(0.3 <= twin["sersic_n"] <= 6.2 and 0.5 * pixel_scale <= twin["sersic_hlr_arcsec"] <= 5.0
+                and 0.05 <= twin["sersic_q"] <= 1.0 and twin["sersic_flag"] < 2)
+
+
+def twin_profile(twin: dict) -> galsim.GSObject:
+    """Unit-flux Sersic twin (circularised hlr, sheared to axis ratio q at angle phi).
+
+    With ``sersic_psf_convolved == 1`` (statmorph fits) the parameters describe the bank image,
+    which already includes the target Gaussian PSF: draw the twin as is. With 0 (the catalogue's
+    intrinsic fits) convolve it with the Gaussian of ``render.target_psf_fwhm_arcsec`` first.
+    """
+    n = float(np.clip(twin["sersic_n"], 0.3, 6.2))
+    prof = galsim.Sersic(n=n, half_light_radius=twin["sersic_hlr_arcsec"], flux=1.0)
+    q = float(np.clip(twin["sersic_q"], 0.05, 1.0))
+    return prof.shear(q=q, beta=twin["sersic_phi_rad"] * galsim.radians) if q < 1.0 else prof
+
+
+def _twin_morphology(twin: dict, rend, rc: RenderConfig, rng: galsim.BaseDeviate) -> dict:
+    """Gini, M20, clumpiness of the Sersic twin drawn like the galaxy, with the same noise field."""
+    prof = twin_profile(twin)
+    if twin["sersic_psf_convolved"]:
+        # the fit describes the pixelated bank image: sample it (an FFT of a bare high-n Sersic can
+        # need > 10^4 pixels)
+        method = "no_pixel"
+    else:
+        prof, method = galsim.Convolve(prof, galsim.Gaussian(fwhm=rc.target_psf_fwhm_arcsec)), "auto"
+    image = prof.drawImage(nx=rc.stamp_size, ny=rc.stamp_size, scale=rc.pixel_scale_arcsec, method=method,
+                           dtype=np.float64)
+    image.addNoise(rend.profile.noise.withScaledVariance(1.0 / rend.flux_hst ** 2).copy(rng=rng))
+    labels, central, _ = footprint(image.array, rend.noise_sigma_unit, rc.detect_nsigma)
+    if central == 0:
+        return {"twin_gini": np.nan, "twin_m20": np.nan, "twin_clumpiness": np.nan}
+    from scipy import ndimage
+
+    mask = ndimage.binary_dilation(labels == central, structure=np.ones((3, 3), bool), iterations=rc.dilate_pix)
+    m = morphology.measure(np.where(mask, image.array, 0.0), mask, rend.noise_sigma_unit, rc.pixel_scale_arcsec,
+                           fit_sersic=False)
+    return {"twin_gini": m["gini"], "twin_m20": m["m20"], "twin_clumpiness": m["clumpiness"]}
+
+
+def write_bank(images: np.ndarray, meta: dict[str, np.ndarray], attrs: dict, cfg: dict) -> bytes:
+    """Serialise to HDF5 bytes, deterministically (no timestamps, fixed chunking and gzip level)."""
+    buf = io.BytesIO()
+    chunk = (min(cfg["output"]["images_per_chunk"], max(len(images), 1)),) + images.shape[1:]
+    with h5py.File(buf, "w", libver=("earliest", "v110"), track_order=False) as f:
+        f.create_dataset("images", data=images.astype(np.float32), chunks=chunk if len(images) else None,
+                         compression="gzip" if len(images) else None,
+                         compression_opts=cfg["output"]["gzip_level"] if len(images) else None,
+                         shuffle=bool(len(images)), track_times=False)
+        gcpl = h5py.h5p.create(h5py.h5p.GROUP_CREATE)
+        gcpl.set_obj_track_times(False)
+        grp = h5py.Group(h5py.h5g.create(f.id, b"meta", gcpl=gcpl))
+        for name, dtype in META_COLUMNS.items():
+            grp.create_dataset(name, data=np.asarray(meta[name]).astype(dtype), track_times=False)
+        for key, value in attrs.items():
+            f.attrs[key] = value if not isinstance(value, dict) else json.dumps(value, sort_keys=True)
+    return buf.getvalue()

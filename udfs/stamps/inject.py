@@ -1,0 +1,237 @@
+"""Stage 5 transform: manifest tasks joined with their cutouts -> training stamps (pure pandas).
+
+``inject_tasks`` is what the Spark job's ``mapInPandas`` calls on each batch. Per row:
+
+- the cutout failed (``cutout_ok`` false): the stamp fails with ``fail_reason = 'cutout:<reason>'``,
+  for injected and control rows alike, pixels null (never zeros);
+- a parameter the row needs is invalid (PSF FWHM <= 0 or NaN, bank index out of range, ...): the
+  row fails with a reason naming it. PSF checks apply to controls too, so failure rates do not
+  depend on the label;
+- controls: the cutout as it is, ``arc`` all zeros, arc metrics null;
+- injected: the lensed arc (SIE + shear, bank source or Sersic, the target's PSF per band) plus
+  its own Poisson noise added to the cutout; truth, metrics and the noiseless arc recorded.
+
+Colours: ``src_mag_g = src_mag_r + g_r`` and ``src_mag_z = src_mag_r - r_z`` of the bank row;
+magnitudes are as observed (no further extinction). With ``rescale_to_src_z`` the bank image's
+angular size is scaled by ``D_A(zphot) / D_A(src_z)`` (:mod:`udfs.sources.cosmology`), recorded as
+``src_size_scale``. Sersic tasks with null Sersic parameters take the bank row's Sersic twin.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from udfs.lensing.arc_metrics import CORE_RADIUS_ARCSEC
+from udfs.sources.cosmology import angular_size_ratio
+from udfs.lensing.arcs import Sources, inject, render_arcs
+from udfs.lensing.lens_model import Lens
+from udfs.io import storage
+from udfs.survey.psf import psf_kernel, psfex_kernel
+from udfs.sources.bank import SourceBank
+from udfs.config.checker import Checker, load_yaml
+
+TRUTH = ["theta_e", "lens_e1", "lens_e2", "shear_g1", "shear_g2", "src_x", "src_y", "src_phi",
+         "src_mode", "src_index", "src_z", "src_mag_g", "src_mag_r", "src_mag_z", "sersic_n",
+         "sersic_re_arcsec", "sersic_q", "sersic_phi", "src_size_scale", "src_zphot", "src_gini", "src_m20",
+         "src_clumpiness", "src_hlr_arcsec"]
+METRICS = ["magnification", "n_images", "core_flux_frac", "arc_snr"]
+
+
+@dataclass(frozen=True)
+class InjectionSettings:
+    """``conf/injection.yaml``: how arcs are rendered and added."""
+    bands: str = "grz"
+    pixel_scale: float = 0.262          # arcsec / pixel of the cutouts
+    supersampling: int = 8
+    psf_model: str = "gaussian"         # gaussian | moffat | psfex
+    moffat_beta: float = 3.5
+    psfex_files: tuple = ()             # psfex: one PSFEx model per band, in band order
+    arc_noise: bool = True
+    core_radius_arcsec: float = CORE_RADIUS_ARCSEC
+    rescale_to_src_z: bool = True
+    n_buckets: int = 8
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_settings(uri: str) -> InjectionSettings:
+    raw = load_yaml(uri)
+    c = Checker(uri)
+    unknown = sorted(set(raw) - set(InjectionSettings.__dataclass_fields__))
+    if unknown:
+        raise c.fail(unknown[0], "unknown key")
+    model = c.get(raw, "psf_model", "psf_model")
+    if model not in ("gaussian", "moffat", "psfex"):
+        raise c.fail("psf_model", f"expected 'gaussian', 'moffat' or 'psfex', got {model!r}")
+    bands = c.get(raw, "bands", "bands")
+    if not (isinstance(bands, str) and bands and set(bands) <= set("grz")):
+        raise c.fail("bands", f"expected a string of bands from 'grz', got {bands!r}")
+    files = c.get(raw, "psfex_files", "psfex_files")
+    if model == "psfex":
+        if not isinstance(files, dict) or set(files) != set(bands):
+            raise c.fail("psfex_files", f"psf_model psfex needs one PSFEx file per band {bands!r}, got {files!r}")
+        for b in bands:
+            if not storage.exists(str(files[b])):
+                raise c.fail(f"psfex_files.{b}", f"{files[b]}: file not found")
+        files = tuple(str(files[b]) for b in bands)
+    elif files is not None:
+        raise c.fail("psfex_files", f"only used with psf_model psfex (null otherwise), got {files!r}")
+    else:
+        files = ()
+    return InjectionSettings(
+        bands=bands, pixel_scale=c.number(raw, "pixel_scale", "pixel_scale", lo=0, lo_open=True),
+        supersampling=c.integer(raw, "supersampling", "supersampling", lo=1, hi=32),
+        psf_model=model, moffat_beta=c.number(raw, "moffat_beta", "moffat_beta", lo=1, lo_open=True),
+        psfex_files=files,
+        arc_noise=c.boolean(raw, "arc_noise", "arc_noise"),
+        core_radius_arcsec=c.number(raw, "core_radius_arcsec", "core_radius_arcsec", lo=0, lo_open=True),
+        rescale_to_src_z=c.boolean(raw, "rescale_to_src_z", "rescale_to_src_z"),
+        n_buckets=c.integer(raw, "n_buckets", "n_buckets", lo=1))
+
+
+def _psf_reason(row, bands: str) -> str | None:
+    for b in bands:
+        v = row[f"psf_fwhm_{b}"]
+        if v is None or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            return f"bad_psf:{b}"
+    return None
+
+
+def _arc_reason(row, bank: SourceBank) -> str | None:
+    for name in ("theta_e", "lens_e1", "lens_e2", "shear_g1", "shear_g2", "src_x", "src_y",
+                 "src_phi", "src_mag_r"):
+        v = row[name]
+        if v is None or not math.isfinite(float(v)):
+            return f"bad_parameter:{name}"
+    if not row["theta_e"] > 0:
+        return "bad_parameter:theta_e"
+    if row["src_mode"] not in ("cosmos", "sersic"):
+        return "bad_parameter:src_mode"
+    idx = row["src_index"]
+    if idx is None or not 0 <= int(idx) < len(bank):
+        return "bad_parameter:src_index"
+    return None
+
+
+def _kernels(settings: InjectionSettings, fwhms: list[float]) -> list[np.ndarray]:
+    """PSF kernel per band: the target's FWHM (gaussian/moffat), or the configured PSFEx models
+    evaluated at their fit centre (psfex)."""
+    if settings.psf_model == "psfex":
+        return [psfex_kernel(f, None, None, settings.pixel_scale) for f in settings.psfex_files]
+    return [psf_kernel(settings.psf_model, fwhm, settings.pixel_scale, settings.moffat_beta) for fwhm in fwhms]
+
+
+def _pixels(values, shape) -> np.ndarray:
+    return np.stack([np.asarray(v, dtype=np.float32) for v in values]).reshape((-1,) + shape)
+
+
+def inject_tasks(pdf: pd.DataFrame, bank: SourceBank, settings: InjectionSettings,
+                 stamp_size: int, cosmology: str = "Planck18") -> pd.DataFrame:
+    """Stamps for a batch of manifest rows joined with cutout columns (see module doc).
+
+    Cutout columns arrive prefixed ``cutout_`` for ``ok``/``fail_reason``; pixel columns are
+    ``image``, ``invvar`` (band-major flattened) and ``maskbits``.
+    """
+    bands, n = settings.bands, stamp_size
+    out = pdf.copy()
+    out["ok"] = True
+    out["fail_reason"] = None
+    for col in TRUTH + METRICS + [f"{p}_{b}" for p in ("arc_flux", "arc_snr", "gain", "psfdepth") for b in bands]:
+        if col not in out:
+            out[col] = None
+    out["arc"] = None
+    ctrl = out["is_control"].to_numpy(dtype=bool)
+
+    reasons = []
+    for i, row in enumerate(out.itertuples(index=False)):
+        r = row._asdict()
+        reason = None if r["cutout_ok"] else f"cutout:{r['cutout_fail_reason']}"
+        reason = reason or _psf_reason(r, bands)
+        if reason is None and not ctrl[i]:
+            reason = _arc_reason(r, bank)
+        reasons.append(reason)
+    failed = np.array([x is not None for x in reasons])
+    out["ok"] = ~failed
+    out["fail_reason"] = reasons
+    for col in ("image", "invvar", "maskbits"):
+        out.loc[failed, col] = None
+
+    good = np.flatnonzero(~failed)
+    if len(good):
+        images = _pixels(out["image"].to_numpy()[good], (len(bands), n, n))
+        invvar = _pixels(out["invvar"].to_numpy()[good], (len(bands), n, n))
+        kernels = [_kernels(settings, [float(out[f"psf_fwhm_{b}"].iat[g]) for b in bands]) for g in good]
+        for k, b in enumerate(bands):  # point-source depth implied by the cutout's invvar
+            nea = np.array([1.0 / np.sum(kern[k] ** 2) for kern in kernels])
+            out.loc[out.index[good], f"psfdepth_{b}"] = np.median(invvar[:, k], axis=(1, 2)) / nea
+        arcs = np.zeros_like(images)
+        inj = np.flatnonzero(~ctrl[good])
+        if len(inj):
+            rows = out.iloc[good[inj]]
+            arcs[inj], injected = _inject(rows, images[inj], invvar[inj],
+                                          [kernels[j] for j in inj], bank, settings, n, cosmology, out)
+            images[inj] = injected
+        out["image"] = pd.Series([None] * len(out), dtype=object, index=out.index)
+        out["arc"] = pd.Series([None] * len(out), dtype=object, index=out.index)
+        for j, g in enumerate(good):
+            out.iat[g, out.columns.get_loc("image")] = images[j].ravel()
+            out.iat[g, out.columns.get_loc("arc")] = arcs[j].ravel()
+    return out
+
+
+def _inject(rows: pd.DataFrame, images, invvar, kernels, bank: SourceBank, settings, n,
+            cosmology, out: pd.DataFrame):
+    """Render and add arcs for the injected rows; writes truth and metrics into ``out``."""
+    idx = rows["src_index"].to_numpy(dtype=np.int64)
+    meta = bank.meta
+    mag_r = rows["src_mag_r"].to_numpy(dtype=float)
+    mags = {"r": mag_r, "g": mag_r + meta["g_r"][idx], "z": mag_r - meta["r_z"][idx]}
+    sersic = (rows["src_mode"] == "sersic").to_numpy()
+    size_scale = np.ones(len(rows))
+    zphot = meta["zphot"][idx]
+    if settings.rescale_to_src_z:
+        size_scale = np.asarray(angular_size_ratio(zphot, rows["src_z"].to_numpy(dtype=float), cosmology),
+                                dtype=float).reshape(-1)
+    src_phi = rows["src_phi"].to_numpy(float)
+    # Sersic parameters: the manifest's where given, else the bank row's twin (its size moved to
+    # src_z like the image, its angle turned with the image by src_phi)
+    twin = {"sersic_n": meta["sersic_n"][idx], "sersic_q": meta["sersic_q"][idx],
+            "sersic_re_arcsec": meta["sersic_hlr_arcsec"][idx] * size_scale,
+            "sersic_phi": meta["sersic_phi_rad"][idx] + src_phi}
+    sers = {}
+    for col, twin_value in twin.items():
+        given = pd.to_numeric(rows[col], errors="coerce").to_numpy(float) if col in rows else np.full(len(rows), np.nan)
+        sers[col] = np.where(np.isnan(given), twin_value, given)
+    # the lens sits on the target: the cutout centre (N-1)/2 plus the target's sub-pixel offset
+    cx = rows["dx_pix"].to_numpy(float) * settings.pixel_scale
+    cy = rows["dy_pix"].to_numpy(float) * settings.pixel_scale
+    lens = Lens.make(rows["theta_e"].to_numpy(float), rows["lens_e1"].to_numpy(float),
+                     rows["lens_e2"].to_numpy(float), cx, cy, rows["shear_g1"].to_numpy(float),
+                     rows["shear_g2"].to_numpy(float))
+    sources = Sources(mode=rows["src_mode"].to_numpy(), x=cx + rows["src_x"].to_numpy(float),
+                      y=cy + rows["src_y"].to_numpy(float),
+                      phi=np.where(sersic, sers["sersic_phi"], src_phi),
+                      mag=np.stack([mags[b] for b in settings.bands], axis=1), index=idx,
+                      sersic_n=sers["sersic_n"], sersic_re=sers["sersic_re_arcsec"],
+                      sersic_q=sers["sersic_q"], size_scale=size_scale)
+    rendered = render_arcs(lens, sources, kernels, n, settings.pixel_scale, bank, settings.supersampling)
+    seeds = rows["seed"].to_numpy(dtype=np.int64).astype(np.uint64)
+    injected, _, metrics = inject(images, invvar, rendered, lens, settings.bands, settings.pixel_scale,
+                                  seeds, noise=settings.arc_noise, core_radius=settings.core_radius_arcsec)
+    where = rows.index
+    for b in settings.bands:
+        out.loc[where, f"src_mag_{b}"] = mags[b]
+    out.loc[where, "src_size_scale"] = size_scale
+    out.loc[where, "src_zphot"] = zphot
+    for col, bank_col in (("src_gini", "gini"), ("src_m20", "m20"), ("src_clumpiness", "clumpiness"),
+                          ("src_hlr_arcsec", "hlr_arcsec")):
+        out.loc[where, col] = meta[bank_col][idx] * (size_scale if col == "src_hlr_arcsec" else 1.0)
+    for col in ("sersic_n", "sersic_re_arcsec", "sersic_q", "sersic_phi"):
+        out.loc[where, col] = np.where(sersic, sers[col], np.nan)
+    for key, values in metrics.items():
+        out.loc[where, key] = values
+    return rendered.arcs.astype(np.float32), injected

@@ -1,0 +1,1 @@
+"""Stage 1-2 targets: DESI LRG cuts, target rows, HEALPix splits, real-lens anchors."""

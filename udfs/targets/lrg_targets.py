@@ -1,0 +1,100 @@
+"""Stage 1 per-file logic: catalogue rows -> selected LRG target rows, plus the funnel counts.
+
+Target row schema (:data:`TARGET_SCHEMA`), the contract read by the manifest, cutout and injection
+stages:
+
+- ``release, brickid, objid`` (int32) and ``target_id`` (string ``"<release>-<brickid>-<objid>"``,
+  unique within a Legacy Survey release), ``brickname``, ``ra, dec`` (deg, ICRS), ``type``;
+- ``mag_g, mag_r, mag_z, mag_w1``: extinction-corrected AB magnitudes (null when flux <= 0);
+- ``psf_fwhm_g/r/z`` (arcsec, always finite and > 0) and ``psf_fwhm_source`` =
+  ``"g=<m>,r=<m>,z=<m>"`` with m in psfsize | depth_ratio | nominal (see :mod:`udfs.survey.psf_size`);
+- ``psfdepth_g/r/z``: PSFDEPTH, 1/nanomaggy^2 (inverse variance of a point-source flux);
+- ``ebv`` (SFD E(B-V), mag), ``maskbits``, ``nobs_g/r/z``;
+- ``healpix`` (NESTED pixel) and ``healpix_nside``; ``split`` (train/val/test or as configured);
+- ``photsys`` (S/N: which LRG constants applied), ``data_release`` (DR8/DR9/DR10), ``source_file``,
+  and provenance ``cut_version``, ``config_hash``, ``code_version``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from udfs.targets import lrg_cuts
+from udfs.targets import splits
+from udfs.survey.psf_size import psf_fwhm
+from udfs.survey.tractor_catalog import BANDS, Catalog
+
+TARGET_SCHEMA = pa.schema([
+    ("target_id", pa.string()), ("release", pa.int32()), ("brickid", pa.int32()), ("objid", pa.int32()),
+    ("brickname", pa.string()), ("ra", pa.float64()), ("dec", pa.float64()), ("type", pa.string()),
+    ("mag_g", pa.float64()), ("mag_r", pa.float64()), ("mag_z", pa.float64()), ("mag_w1", pa.float64()),
+    ("psf_fwhm_g", pa.float64()), ("psf_fwhm_r", pa.float64()), ("psf_fwhm_z", pa.float64()),
+    ("psf_fwhm_source", pa.string()),
+    ("psfdepth_g", pa.float64()), ("psfdepth_r", pa.float64()), ("psfdepth_z", pa.float64()),
+    ("ebv", pa.float64()), ("maskbits", pa.int32()),
+    ("nobs_g", pa.int32()), ("nobs_r", pa.int32()), ("nobs_z", pa.int32()),
+    ("healpix", pa.int64()), ("healpix_nside", pa.int32()), ("split", pa.string()),
+    ("photsys", pa.string()), ("data_release", pa.string()), ("source_file", pa.string()),
+    ("cut_version", pa.string()), ("config_hash", pa.string()), ("code_version", pa.string()),
+])
+PSF_CUT = "psf_fwhm_unavailable"
+
+
+def target_id(release, brickid, objid) -> np.ndarray:
+    return np.array([f"{int(a)}-{int(b)}-{int(c)}" for a, b, c in zip(release, brickid, objid)], dtype=object)
+
+
+def select_targets(cat: Catalog, cfg: lrg_cuts.SelectionConfig, *, config_hash: str,
+                   code_version: str) -> tuple[pd.DataFrame, list[tuple[str, int]], dict]:
+    """Apply the cuts to one catalogue; return ``(targets, funnel steps, stats)``."""
+    cols = cat.columns
+    n = len(cat)
+    north = lrg_cuts.use_north(cat.photsys, cfg.photsys)
+    masks = {**lrg_cuts.lrg_masks(cols, north), **lrg_cuts.quality_masks(cols, cfg)}
+    fwhm, source = {}, {}
+    for b in BANDS:
+        fwhm[b], source[b] = psf_fwhm(cols, b, cfg.psf_fallbacks, cfg.psf_nominal)
+    masks[PSF_CUT] = np.all([np.isfinite(fwhm[b]) & (fwhm[b] > 0) for b in BANDS], axis=0)
+    keep, steps = lrg_cuts.funnel(masks, n)
+
+    sel = np.flatnonzero(keep)
+    mags = lrg_cuts.extinction_corrected_mags(cols)
+    ra = cols["RA"][sel].astype(np.float64)
+    dec = cols["DEC"][sel].astype(np.float64)
+    cells = splits.healpix_cells(ra, dec, cfg.healpix_nside)
+    df = pd.DataFrame({
+        "target_id": target_id(cols["RELEASE"][sel], cols["BRICKID"][sel], cols["OBJID"][sel]),
+        "release": cols["RELEASE"][sel].astype(np.int32),
+        "brickid": cols["BRICKID"][sel].astype(np.int32),
+        "objid": cols["OBJID"][sel].astype(np.int32),
+        "brickname": cols["BRICKNAME"][sel].astype(str).astype(object),
+        "ra": ra, "dec": dec,
+        "type": cols["TYPE"][sel].astype(str).astype(object),
+        **{f"mag_{b}": mags[b][sel] for b in lrg_cuts.MAG_BANDS},
+        **{f"psf_fwhm_{b}": fwhm[b][sel] for b in BANDS},
+        "psf_fwhm_source": np.array([",".join(f"{b}={source[b][i]}" for b in BANDS) for i in sel],
+                                    dtype=object),
+        **{f"psfdepth_{b}": cols[f"PSFDEPTH_{b.upper()}"][sel].astype(np.float64) for b in BANDS},
+        "ebv": cols["EBV"][sel].astype(np.float64),
+        "maskbits": cols["MASKBITS"][sel].astype(np.int32),
+        **{f"nobs_{b}": cols[f"NOBS_{b.upper()}"][sel].astype(np.int32) for b in BANDS},
+        "healpix": cells,
+        "healpix_nside": np.full(len(sel), cfg.healpix_nside, dtype=np.int32),
+        "split": splits.assign_splits(cells, cfg.split_seed, cfg.healpix_nside,
+                                      cfg.split_fractions).astype(object),
+        "photsys": np.where(north[sel], "N", "S").astype(object),
+        "data_release": cat.data_release[sel].astype(object),
+        "source_file": np.full(len(sel), cat.uri, dtype=object),
+        "cut_version": np.full(len(sel), cfg.cut_version, dtype=object),
+        "config_hash": np.full(len(sel), config_hash, dtype=object),
+        "code_version": np.full(len(sel), code_version, dtype=object),
+    })
+    stats = {
+        "input_rows": n,
+        "data_releases": {str(k): int(v) for k, v in zip(*np.unique(cat.data_release, return_counts=True))},
+        "photsys_applied": {"N": int(north.sum()), "S": int(n - north.sum())},
+        "psf_fwhm_sources": {f"{b}={str(m)}": int((source[b][sel] == m).sum())
+                             for b in BANDS for m in np.unique(source[b][sel])},
+    }
+    return df[TARGET_SCHEMA.names], steps, stats
