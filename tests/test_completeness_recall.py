@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import completeness as comp_job
-from jobs.spark import dataset_files
+from udfs.io.datasets import dataset_files
 from tests.stamp_factory import make_rows, write_dataset
 from udfs.qa.selection_function import bin_index, completeness_table, count_bins, wilson
 from udfs.qa.recall import evaluate, split_refs, threshold_at_fpr
@@ -104,5 +104,5 @@ def test_completeness_bad_scores_exit_2(spark, tmp_path, capsys):
     pq.write_table(pa.table({"task_id": ["x"], "value": [1.0]}), tmp_path / "s.parquet")
     assert comp_job.main(["--stamps", stamps, "--scores", str(tmp_path / "s.parquet"), "--output",
                           str(tmp_path / "o")]) == 2
-    assert f"{tmp_path / 's.parquet'}: missing column(s) score" in capsys.readouterr().err
+    assert f"{tmp_path / 's.parquet'}: missing column score" in capsys.readouterr().err
     assert dataset_files(str(tmp_path / "o")) == []

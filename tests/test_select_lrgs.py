@@ -8,13 +8,17 @@ import pytest
 import yaml
 from astropy.io import fits
 
-from udfs.targets import lrg_cuts
-from udfs.targets import splits
-from udfs.targets.lrg_targets import PSF_CUT, select_targets
-from udfs.survey.psf_size import fwhm_from_depth_ratio
-from udfs.config.provenance import REPO_ROOT
-from udfs.survey.tractor_catalog import CatalogError, expand_inputs, read_catalog
 from udfs.config.checker import ConfigError
+from udfs.config.provenance import REPO_ROOT
+from udfs.io import storage
+from udfs.io.datasets import dataset_files
+from udfs.schemas.targets import NULLABLE_LRG_COLUMNS, TARGET_COLUMNS
+from udfs.survey.psf_size import fwhm_from_depth_ratio
+from udfs.survey.tractor_catalog import CatalogError, expand_inputs, read_catalog
+from udfs.targets import funnel as stage1_funnel
+from udfs.targets import lrg_cuts, splits
+from udfs.targets.lrg_targets import PSF_CUT, select_targets
+from tests.stage1_helpers import desi_lrg_by_hand, small_bank, stage1_inputs, write_modified
 
 CONF = REPO_ROOT / "conf" / "lrg_selection.yaml"
 
@@ -33,33 +37,6 @@ def config(**changes):
             node = node[p]
         node[last] = value
     return lrg_cuts.parse_config(raw, "test")
-
-
-def desi_lrg_by_hand(row, north):
-    """The DESI main-survey LRG equations, written out per row (BRIEF.md constants)."""
-    k = (21.61, 2.97, 1.8, 1.83, 17.13, 16.31, 3.4) if north else (21.6, 2.9, 1.8, 1.8, 17.14, 16.33, 3.3)
-    zfib_max, gw1, rw1_lowz, slope, pivot, offset, highz = k
-
-    def mag(flux):
-        return 22.5 - 2.5 * math.log10(max(flux, 1e-7))
-
-    flux = {b: float(row[f"FLUX_{b}"]) / float(row[f"MW_TRANSMISSION_{b}"]) for b in ("G", "R", "Z", "W1")}
-    zfiber = float(row["FIBERFLUX_Z"]) / float(row["MW_TRANSMISSION_Z"])
-    if not (flux["R"] > 0 and row["FLUX_IVAR_R"] > 0 and flux["Z"] > 0 and row["FLUX_IVAR_Z"] > 0
-            and zfiber > 0 and flux["W1"] > 0 and row["FLUX_IVAR_W1"] > 0):
-        return False
-    if not (row["GAIA_PHOT_G_MEAN_MAG"] == 0 or row["GAIA_PHOT_G_MEAN_MAG"] > 18):
-        return False
-    if not 22.5 - 2.5 * math.log10(max(float(row["FIBERTOTFLUX_Z"]), 1e-7)) > 17.5:
-        return False
-    if not (row["NOBS_G"] > 0 and row["NOBS_R"] > 0 and row["NOBS_Z"] > 0):
-        return False
-    if int(row["MASKBITS"]) & (2 ** 1 + 2 ** 12 + 2 ** 13):
-        return False
-    g, r, z, w1 = (mag(flux[b]) for b in ("G", "R", "Z", "W1"))
-    return (z - w1 > 0.8 * (r - z) - 0.6 and mag(zfiber) < zfib_max
-            and (g - w1 > gw1 or r - w1 > rw1_lowz)
-            and ((r - w1 > slope * (w1 - pivot) and r - w1 > w1 - offset) or r - w1 > highz))
 
 
 @pytest.mark.parametrize("photsys", ["south", "north"])
@@ -152,27 +129,15 @@ def test_psf_fwhm_from_psfsize_and_depth_fallback(data_root, tmp_path):
     assert src[0] == "nominal" and fwhm[0] == 1.5
 
 
-def _write_modified(src, dst, drop=None, set_column=None):
-    with fits.open(src) as hdul:
-        table = hdul[1].data
-        cols = [c for c in table.columns if c.name != drop]
-        hdu = fits.BinTableHDU.from_columns(fits.ColDefs(cols))
-        if set_column:
-            name, value = set_column
-            hdu.data[name][:] = value
-        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(dst)
-    return str(dst)
-
-
 def test_catalog_errors_name_file_and_column(data_root, tmp_path):
     src = data_root / "legacysurvey/dr8_sweeps/sweep-310m005-320p000.fits"
-    path = _write_modified(src, tmp_path / "sweep-nocol.fits", drop="FLUX_W1")
+    path = write_modified(src, tmp_path / "sweep-nocol.fits", drop="FLUX_W1")
     with pytest.raises(CatalogError, match=r"sweep-nocol\.fits: missing column FLUX_W1"):
         read_catalog(path)
-    path = _write_modified(src, tmp_path / "sweep-dr7.fits", set_column=("RELEASE", 7000))
+    path = write_modified(src, tmp_path / "sweep-dr7.fits", set_column=("RELEASE", 7000))
     with pytest.raises(CatalogError, match=r"sweep-dr7\.fits: column RELEASE: unknown data release code 7000"):
         read_catalog(path)
-    path = _write_modified(src, tmp_path / "sweep-north.fits", set_column=("PHOTSYS", "N"))
+    path = write_modified(src, tmp_path / "sweep-north.fits", set_column=("PHOTSYS", "N"))
     with pytest.raises(CatalogError, match=r"sweep-north\.fits: row 0: column PHOTSYS='N' disagrees with RELEASE=8000"):
         read_catalog(path)
     (tmp_path / "sweep-junk.fits").write_bytes(b"not a fits file" * 100)
@@ -224,7 +189,7 @@ def test_split_fractions_on_a_large_target_set_and_no_cell_in_two_splits():
     fractions = {"train": 0.7, "val": 0.15, "test": 0.15}
     cells = splits.healpix_cells(ra, dec, 64)
     labels = splits.assign_splits(cells, 7, 64, fractions)
-    realised = splits.realised_fractions(labels, list(fractions))
+    realised = splits.realised_fractions(dict(zip(*np.unique(labels, return_counts=True))), list(fractions))
     for name, f in fractions.items():
         assert abs(realised[name] - f) < 0.01, (name, realised)
     pairs = np.unique(np.stack([cells, np.searchsorted(list(fractions), labels, sorter=np.argsort(list(fractions)))]), axis=1)
@@ -235,62 +200,41 @@ def test_split_fractions_on_a_large_target_set_and_no_cell_in_two_splits():
     assert (other != labels).mean() > 0.3  # the seed matters
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
-def test_select_then_manifest_jobs_in_local_spark(spark, data_root, tmp_path, where, request, capsys):
-    from jobs import build_manifest, select_lrgs
-    from jobs.spark import dataset_files, read_parquet
-    from udfs.io import storage
-
-    ls = data_root / "legacysurvey"
-    sources = [*sorted((ls / "dr8_sweeps").glob("*.fits")), *sorted((ls / "dr8_tractor").glob("*.fits")),
-               ls / "dr9_tractor/tractor-1054p567.fits"]
-    if where == "s3":
-        base = request.getfixturevalue("s3_bucket")
-        for p in sources:
-            storage.write_bytes(storage.join(base, "cat", p.parent.name, p.name), p.read_bytes())
-        inputs = [storage.join(base, "cat", "dr8_sweeps"), storage.join(base, "cat", "dr8_tractor", "tractor-*.fits"),
-                  storage.join(base, "cat", "dr9_tractor")]
-    else:
-        base = str(tmp_path)
-        inputs = [str(ls / "dr8_sweeps"), str(ls / "dr8_tractor" / "tractor-*.fits"), str(ls / "dr9_tractor")]
+def _selection_config(tmp_path) -> str:
     cfg = yaml.safe_load(CONF.read_text())
     cfg["quality"]["reject_maskbits"] = [1, 12, 13]  # keep the two LRGs flagged NPRIMARY: 3 targets
-    conf_path = tmp_path / "sel.yaml"
-    conf_path.write_text(yaml.safe_dump(cfg))
-    out = storage.join(base, "targets")
-    assert select_lrgs.main(["--input", *inputs, "--output", out, "--config", str(conf_path)]) == 0
-    printed = capsys.readouterr().out
-    assert "lrg_sliding" in printed and "selected 3 targets" in printed
+    path = tmp_path / "sel.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def _contents(uri: str) -> dict[str, bytes]:
+    return {p: storage.read_bytes(p) for p in dataset_files(uri)}
+
+
+def _assert_funnel(out: str) -> None:
     funnel = json.loads(storage.read_bytes(storage.join(out, "_funnel.json")))
     assert funnel["input_rows"] == 37 and funnel["selected"] == 3
     assert funnel["input_rows"] - sum(c["removed"] for c in funnel["cuts"]) == 3
     assert funnel["data_releases"] == {"DR8": 36, "DR9": 1}
     assert abs(sum(funnel["splits"]["realised"].values()) - 1) < 1e-9
+    assert sorted(funnel["files"]) == sorted(dataset_files(out))
+
+
+def _assert_targets(spark, out: str):
+    from jobs.spark import read_parquet
+
     targets = read_parquet(spark, out).toPandas()
     assert sorted(targets["target_id"]) == ["8000-321640-99", "8000-331689-21", "8000-331689-32"]
-    required = ["release", "brickid", "objid", "target_id", "ra", "dec", "brickname", "mag_g", "mag_r", "mag_z",
-                "mag_w1", "psf_fwhm_g", "psf_fwhm_r", "psf_fwhm_z", "psf_fwhm_source", "psfdepth_g",
-                "psfdepth_r", "psfdepth_z", "ebv", "healpix", "split"]
+    assert list(targets.columns) == list(TARGET_COLUMNS)
+    required = [c for c in TARGET_COLUMNS if c not in NULLABLE_LRG_COLUMNS]
     assert not targets[required].isna().any().any()
+    return targets
 
-    if where == "local":
-        first = {p: storage.read_bytes(p) for p in dataset_files(out)}
-        assert select_lrgs.main(["--input", *inputs, "--output", out, "--config", str(conf_path)]) == 0
-        assert {p: storage.read_bytes(p) for p in dataset_files(out)} == first  # byte-identical rerun
 
-    mroot = storage.join(base, "manifest")
-    conf = str(REPO_ROOT / "conf" / "injection_priors.yaml")
-    bank_args, bank_size = [], 100  # local: bank_size from the config; s3: from a bank file on s3
-    if where == "s3":
-        import h5py
+def _assert_manifest(spark, summary_path: str, targets, bank_size: int) -> None:
+    from jobs.spark import read_parquet
 
-        with h5py.File(tmp_path / "bank.h5", "w") as h:
-            h["images"] = np.full((5, 8, 8), 1 / 64, np.float32)
-            h.attrs["pixel_scale_arcsec"] = 0.03
-        storage.write_bytes(storage.join(base, "bank.h5"), (tmp_path / "bank.h5").read_bytes())
-        bank_args, bank_size = ["--bank", storage.join(base, "bank.h5")], 5
-    assert build_manifest.main(["--targets", out, "--config", conf, "--output", mroot, *bank_args]) == 0
-    summary_path = [p for p in capsys.readouterr().out.splitlines() if p.startswith("wrote ")][-1][6:]
     summary = json.loads(storage.read_bytes(storage.join(summary_path, "_manifest.json")))
     assert summary["rows"] == 3 * 3 * 2 * 2 and summary["controls"] == 18  # targets x configs x replicates x (1 + control)
     tasks = read_parquet(spark, summary_path).toPandas()
@@ -303,24 +247,80 @@ def test_select_then_manifest_jobs_in_local_spark(spark, data_root, tmp_path, wh
     merged = inj.merge(targets, on="target_id", suffixes=("", "_t"))
     for col in ("ra", "dec", "brickname", "split", "psf_fwhm_g", "psf_fwhm_r", "psf_fwhm_z"):
         assert (merged[col] == merged[f"{col}_t"]).all()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_select_then_manifest_jobs_in_local_spark(spark, data_root, tmp_path, where, request, capsys):
+    from jobs import build_manifest, select_lrgs
+
+    base = request.getfixturevalue("s3_bucket") if where == "s3" else str(tmp_path)
+    out = storage.join(base, "targets")
+    select = ["--input", *stage1_inputs(data_root, where, base), "--output", out,
+              "--config", _selection_config(tmp_path)]
+    assert select_lrgs.main(select) == 0
+    printed = capsys.readouterr().out
+    assert "lrg_sliding" in printed and "selected 3 targets" in printed
+    _assert_funnel(out)
+    targets = _assert_targets(spark, out)
     if where == "local":
-        files = {p: storage.read_bytes(p) for p in dataset_files(summary_path)}
+        first = _contents(out)
+        assert select_lrgs.main(select) == 0
+        assert _contents(out) == first  # byte-identical rerun
+
+    mroot = storage.join(base, "manifest")
+    conf = str(REPO_ROOT / "conf" / "injection_priors.yaml")
+    bank_args, bank_size = small_bank(where, base, tmp_path)
+    assert build_manifest.main(["--targets", out, "--config", conf, "--output", mroot, *bank_args]) == 0
+    summary_path = [p for p in capsys.readouterr().out.splitlines() if p.startswith("wrote ")][-1][6:]
+    _assert_manifest(spark, summary_path, targets, bank_size)
+    if where == "local":
+        files = _contents(summary_path)
         assert build_manifest.main(["--targets", out, "--config", conf, "--output", mroot]) == 0
-        assert {p: storage.read_bytes(p) for p in dataset_files(summary_path)} == files
+        assert _contents(summary_path) == files
         # the same config pointed at other targets into the same folder is refused (no overwrite)
         other = tmp_path / "other_targets"
         other.mkdir()
         (other / "part-00000.parquet").write_bytes(next(iter(first.values())))
         rc = build_manifest.main(["--targets", str(other), "--config", conf, "--output", mroot])
         assert rc == 2 and "already holds the manifest of this config" in capsys.readouterr().err
-        assert {p: storage.read_bytes(p) for p in dataset_files(summary_path)} == files
+        assert _contents(summary_path) == files
+
+
+def test_funnel_invariants_fail_loudly():
+    cfg = config()
+    per_file = {"steps": [("lrg_sliding", 3)], "input_rows": 5, "emitted": 2, "data_releases": {"DR8": 5},
+                "photsys_applied": {"S": 5}, "psf_fwhm_sources": {}}
+    report = stage1_funnel.funnel_report([per_file], [(7, "train", 2)], cfg, n_files=1, chash="h",
+                                         version="v", output="o")
+    assert [c["cut"] for c in report["cuts"]] == ["lrg_sliding", "duplicate_target_id"]
+    assert report["cuts"][-1] == {"cut": "duplicate_target_id", "removed": 0, "remaining": 2}
+    assert report["splits"]["counts"] == {"train": 2, "val": 0, "test": 0}
+    with pytest.raises(RuntimeError, match="more than one split label"):
+        stage1_funnel.funnel_report([per_file], [(7, "train", 1), (7, "val", 1)], cfg, n_files=1, chash="h",
+                                    version="v", output="o")
+    with pytest.raises(RuntimeError, match="funnel does not add up"):  # a task emitted a row the funnel removed
+        stage1_funnel.funnel_report([dict(per_file, emitted=3)], [(7, "train", 3)], cfg, n_files=1, chash="h",
+                                    version="v", output="o")
+    with pytest.raises(RuntimeError, match="funnel does not add up"):  # more unique rows than emitted
+        stage1_funnel.funnel_report([per_file], [(7, "train", 3)], cfg, n_files=1, chash="h", version="v",
+                                    output="o")
+
+
+def test_select_job_checks_invariants_before_writing(spark, data_root, tmp_path, monkeypatch):
+    from jobs import select_lrgs
+
+    monkeypatch.setattr(stage1_funnel, "split_cells", lambda cells: ({"train": 1}, 1, 1))  # a mixed cell
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="1 HEALPix cells carry more than one split label"):
+        select_lrgs.main(["--input", str(data_root / "legacysurvey" / "dr8_sweeps"), "--output", str(out)])
+    assert not out.exists()
 
 
 def test_select_job_bad_input_exits_2_naming_file_and_column(spark, data_root, tmp_path, capsys):
     from jobs import select_lrgs
 
     src = data_root / "legacysurvey/dr8_sweeps/sweep-310m005-320p000.fits"
-    _write_modified(src, tmp_path / "sweep-bad.fits", drop="MASKBITS")
+    write_modified(src, tmp_path / "sweep-bad.fits", drop="MASKBITS")
     shutil.copy(src, tmp_path / "sweep-good.fits")
     rc = select_lrgs.main(["--input", str(tmp_path), "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err

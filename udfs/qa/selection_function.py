@@ -93,3 +93,80 @@ def heatmap_grid(table: pd.DataFrame, bins: dict, heatmap: tuple[str, str], thre
         comp[int(r["bin"]), int(r["bin2"])] = r["completeness"]
         cnt[int(r["bin"]), int(r["bin2"])] = r["n"]
     return comp, cnt
+
+
+def column_reader(columns: list[str]):
+    """mapInPandas body over a ``path`` column: ``columns`` of each Parquet file (pyarrow, one file
+    at a time, so the stamps' pixels are never read)."""
+    def read(batches):
+        import pyarrow.parquet as pq
+
+        from udfs.io import storage
+
+        for batch in batches:
+            for path in batch["path"]:
+                with storage.open_input(path) as f:
+                    yield pq.read_table(f, columns=columns).to_pandas()[columns]
+    return read
+
+
+def bin_counter(bins: dict, thresholds, heatmap: tuple[str, str]):
+    """mapInPandas body: :func:`count_bins` per batch (``COUNT_DDL`` rows, summed by the caller)."""
+    def count(batches):
+        for pdf in batches:
+            yield count_bins(pdf, bins, thresholds, heatmap)
+    return count
+
+
+COUNT_DDL = "axis string, axis2 string, bin long, bin2 long, threshold double, n long, k long"
+
+
+def rates_at_thresholds(inj_scores: np.ndarray, ctl_scores: np.ndarray, thresholds,
+                        confidence: float) -> tuple[list[dict], list[dict]]:
+    """Overall completeness of the injected stamps and false-positive rate of the controls per
+    threshold (``score >= t``), each with its Wilson interval (None when there is no stamp)."""
+    overall, fpr = [], []
+    for t in thresholds:
+        for name, arr, dest in (("completeness", inj_scores, overall), ("control_fpr", ctl_scores, fpr)):
+            k, n = int((arr >= t).sum()), int(arr.size)
+            lo, hi = wilson(k, n, confidence)
+            dest.append({"threshold": t, "n": n, "k": k, name: (k / n if n else None),
+                         "ci_lo": float(lo[0]) if n else None, "ci_hi": float(hi[0]) if n else None})
+    return overall, fpr
+
+
+def matched_counts(tally: list[dict], n_scores: int) -> dict:
+    """How stamps and scores matched. ``tally``: rows ``{is_control, ok, scored, count}``."""
+    def n_of(ctl, ok, scored):
+        return sum(r["count"] for r in tally if r["is_control"] is ctl and r["ok"] is ok and r["scored"] is scored)
+
+    n_matched = sum(r["count"] for r in tally if r["scored"])
+    return {"injected_ok": n_of(False, True, True), "control_ok": n_of(True, True, True),
+            "failed_stamps_with_score": n_of(False, False, True) + n_of(True, False, True),
+            "injected_ok_without_score": n_of(False, True, False),
+            "scores_without_stamp": int(n_scores - n_matched)}
+
+
+def heatmap_pngs(table: pd.DataFrame, bins: dict, heatmap: tuple[str, str], thresholds) -> list[tuple[str, bytes]]:
+    """``(file name, PNG)`` of the 2-D completeness map at each threshold."""
+    from udfs.qa import plots
+
+    out = []
+    for t in thresholds:
+        comp, cnt = heatmap_grid(table, bins, heatmap, t)
+        out.append((f"completeness_heatmap_t{t:g}.png",
+                    plots.heatmap(comp, bins[heatmap[0]], bins[heatmap[1]], heatmap[0], heatmap[1],
+                                  f"completeness at score >= {t:g} (n per cell)", cnt)))
+    return out
+
+
+def completeness_summary(table: pd.DataFrame, matched: dict, inj_scores: np.ndarray, ctl_scores: np.ndarray,
+                         cfg) -> dict:
+    """``completeness.json`` without inputs, outputs and provenance (``cfg``: the completeness section)."""
+    overall, fpr = rates_at_thresholds(inj_scores, ctl_scores, cfg.thresholds, cfg.confidence)
+    return {
+        "confidence": cfg.confidence, "thresholds": list(cfg.thresholds),
+        "bins": {k: list(v) for k, v in cfg.bins.items()}, "heatmap": list(cfg.heatmap),
+        "matched": matched, "overall": overall, "control_false_positive_rate": fpr,
+        "table": table.replace({np.nan: None}).to_dict(orient="records"),
+    }

@@ -22,8 +22,10 @@ import pyarrow.fs as pafs
 from astropy.io import fits
 
 from udfs.io import storage
+from udfs.io.errors import InputError
+from udfs.survey.bands import SURVEY_BANDS
 
-BANDS = ("g", "r", "z")
+BANDS = tuple(SURVEY_BANDS)
 
 # Columns every supported data model has and the LRG stage needs.
 REQUIRED = (
@@ -45,7 +47,7 @@ FITS_SUFFIXES = (".fits", ".fits.gz", ".fit")
 CATALOG_PREFIXES = ("sweep-", "tractor-")  # how the Legacy Surveys name catalogue files
 
 
-class CatalogError(ValueError):
+class CatalogError(InputError):
     """A catalogue file is unreadable, lacks a column or holds an unknown data release."""
 
 
@@ -58,9 +60,6 @@ class Catalog:
 
     def __len__(self) -> int:
         return len(self.columns["RELEASE"])
-
-    def has(self, name: str) -> bool:
-        return name in self.columns
 
 
 def release_info(release: np.ndarray, uri: str) -> tuple[np.ndarray, np.ndarray]:
@@ -110,8 +109,6 @@ def read_catalog(uri: str) -> Catalog:
                                    f"{', '.join(missing)} (needed by the LRG selection)")
             data = table.data
             cols = {c: _native(np.asarray(data[names[c]])) for c in REQUIRED + OPTIONAL if c in names}
-    except CatalogError:
-        raise
     except FileNotFoundError as exc:
         raise CatalogError(f"{uri}: cannot open ({exc})") from exc
     except (OSError, EOFError, ValueError, TypeError, KeyError, IndexError) as exc:

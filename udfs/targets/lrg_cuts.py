@@ -25,6 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from udfs.config.checker import Checker, ConfigError, load_yaml
+from udfs.schemas.targets import MAG_BANDS
+from udfs.survey.bands import SURVEY_BANDS
+from udfs.survey.psf_size import METHODS
 
 FLUX_FLOOR = 1e-7  # nanomaggies
 
@@ -47,12 +50,15 @@ NORTH = LRGConstants(zfibermag_max=21.61, gw1_min=2.97, rw1_lowz_min=1.8, slope=
 
 LRG_CUTS = ("lrg_r_quality", "lrg_z_quality", "lrg_w1_quality", "lrg_gaia_bright", "lrg_zfibertot_bright",
             "lrg_nobs", "lrg_maskbits", "lrg_nonstellar", "lrg_zfiber_faint", "lrg_lowz", "lrg_sliding")
-BANDS = ("g", "r", "z")
-MAG_BANDS = ("g", "r", "z", "w1")
+BANDS = tuple(SURVEY_BANDS)
+PSF_FALLBACKS = tuple(m for m in METHODS if m != "psfsize")  # what psf_fwhm.fallbacks may list
+TOP_KEYS = {"cut_version", "photsys", "quality", "psf_fwhm", "healpix", "splits", "output"}
 
 
 @dataclass(frozen=True)
 class SelectionConfig:
+    """``conf/lrg_selection.yaml``, checked. Magnitude limits are extinction-corrected AB, inclusive,
+    ``None`` = open; PSF FWHM in arcsec."""
     cut_version: str
     photsys: str                         # auto | south | north
     require_brick_primary: bool
@@ -70,14 +76,31 @@ class SelectionConfig:
 
 
 def load_config(uri: str) -> SelectionConfig:
-    """Read and validate ``conf/lrg_selection.yaml`` (errors name the key)."""
+    """Read and validate ``conf/lrg_selection.yaml`` (errors name the file and the key)."""
     return parse_config(load_yaml(uri), uri)
 
 
 def parse_config(raw: dict, source: str = "<config>") -> SelectionConfig:
+    """Check a selection mapping; :class:`ConfigError` names ``source`` and the dotted key."""
     c = Checker(source)
-    c.unknown(raw, {"cut_version", "photsys", "quality", "psf_fwhm", "healpix", "splits", "output"}, "")
-    quality = c.mapping(raw, "quality", "quality")
+    c.unknown(raw, TOP_KEYS, "")
+    quality = _quality(c, c.mapping(raw, "quality", "quality"))
+    psf_fallbacks, psf_nominal = _psf(c, c.mapping(raw, "psf_fwhm", "psf_fwhm"))
+    nside = _nside(c, c.mapping(raw, "healpix", "healpix"))
+    seed, fractions = _splits(c, c.mapping(raw, "splits", "splits"))
+    output = c.mapping(raw, "output", "output")
+    c.unknown(output, {"n_buckets"}, "output")
+    return SelectionConfig(
+        cut_version=c.string(raw, "cut_version", "cut_version"),
+        photsys=c.string(raw, "photsys", "photsys", choices=("auto", "south", "north")),
+        **quality, psf_fallbacks=psf_fallbacks, psf_nominal=psf_nominal,
+        healpix_nside=nside, split_seed=seed, split_fractions=fractions,
+        n_buckets=c.integer(output, "n_buckets", "output.n_buckets", lo=1),
+        raw=raw)
+
+
+def _quality(c: Checker, quality: dict) -> dict:
+    """The ``quality`` section as SelectionConfig fields."""
     c.unknown(quality, {"require_brick_primary", "exclude_types", "reject_maskbits", "min_nobs",
                         "mag_limits"}, "quality")
     types = c.get(quality, "exclude_types", "quality.exclude_types")
@@ -89,25 +112,33 @@ def parse_config(raw: dict, source: str = "<config>") -> SelectionConfig:
         raise c.fail("quality.reject_maskbits", f"expected a list of bit numbers 0-31, got {bits!r}")
     nobs = c.mapping(quality, "min_nobs", "quality.min_nobs")
     c.unknown(nobs, set(BANDS), "quality.min_nobs")
-    min_nobs = {b: c.integer(nobs, b, f"quality.min_nobs.{b}", lo=0) for b in BANDS}
     limits = c.mapping(quality, "mag_limits", "quality.mag_limits")
     c.unknown(limits, set(MAG_BANDS), "quality.mag_limits")
-    mag_limits = {}
-    for band, lim in limits.items():
-        key = f"quality.mag_limits.{band}"
-        if not isinstance(lim, dict):
-            raise c.fail(key, f"expected a mapping with 'min' and 'max' (null = open), got {lim!r}")
-        c.unknown(lim, {"min", "max"}, key)
-        lo = c.number(lim, "min", f"{key}.min", allow_none=True)
-        hi = c.number(lim, "max", f"{key}.max", allow_none=True)
-        if lo is not None and hi is not None and lo >= hi:
-            raise c.fail(key, f"min ({lo}) must be below max ({hi})")
-        mag_limits[band] = (lo, hi)
+    return {
+        "require_brick_primary": c.boolean(quality, "require_brick_primary", "quality.require_brick_primary"),
+        "exclude_types": tuple(t.strip().upper() for t in types),
+        "reject_maskbits": tuple(sorted(set(bits))),
+        "min_nobs": {b: c.integer(nobs, b, f"quality.min_nobs.{b}", lo=0) for b in BANDS},
+        "mag_limits": {band: _mag_limit(c, lim, f"quality.mag_limits.{band}") for band, lim in limits.items()},
+    }
 
-    psf = c.mapping(raw, "psf_fwhm", "psf_fwhm")
+
+def _mag_limit(c: Checker, lim, key: str) -> tuple[float | None, float | None]:
+    if not isinstance(lim, dict):
+        raise c.fail(key, f"expected a mapping with 'min' and 'max' (null = open), got {lim!r}")
+    c.unknown(lim, {"min", "max"}, key)
+    lo = c.number(lim, "min", f"{key}.min", allow_none=True)
+    hi = c.number(lim, "max", f"{key}.max", allow_none=True)
+    if lo is not None and hi is not None and lo >= hi:
+        raise c.fail(key, f"min ({lo}) must be below max ({hi})")
+    return lo, hi
+
+
+def _psf(c: Checker, psf: dict) -> tuple[tuple[str, ...], dict[str, float] | None]:
+    """``psf_fwhm``: the allowed fallbacks and the nominal FWHM per band (arcsec) or None."""
     c.unknown(psf, {"fallbacks", "nominal_arcsec"}, "psf_fwhm")
     fallbacks = c.get(psf, "fallbacks", "psf_fwhm.fallbacks")
-    if not isinstance(fallbacks, list) or not all(f in ("depth_ratio", "nominal") for f in fallbacks):
+    if not isinstance(fallbacks, list) or not all(f in PSF_FALLBACKS for f in fallbacks):
         raise c.fail("psf_fwhm.fallbacks", f"expected a list of 'depth_ratio' and/or 'nominal', got {fallbacks!r}")
     nominal_raw = c.get(psf, "nominal_arcsec", "psf_fwhm.nominal_arcsec")
     nominal = None
@@ -119,32 +150,26 @@ def parse_config(raw: dict, source: str = "<config>") -> SelectionConfig:
                    for b in BANDS}
     if "nominal" in fallbacks and nominal is None:
         raise c.fail("psf_fwhm.nominal_arcsec", "fallback 'nominal' is listed but no nominal values are given")
+    return tuple(fallbacks), nominal
 
-    hp = c.mapping(raw, "healpix", "healpix")
+
+def _nside(c: Checker, hp: dict) -> int:
     c.unknown(hp, {"nside"}, "healpix")
     nside = c.integer(hp, "nside", "healpix.nside", lo=1, hi=2 ** 29)
     if nside & (nside - 1):
         raise c.fail("healpix.nside", f"must be a power of 2, got {nside}")
-    splits = c.mapping(raw, "splits", "splits")
+    return nside
+
+
+def _splits(c: Checker, splits: dict) -> tuple[int, dict[str, float]]:
+    """``splits``: the seed and the ordered fractions (summing to 1)."""
     c.unknown(splits, {"seed", "fractions"}, "splits")
     seed = c.integer(splits, "seed", "splits.seed", lo=0, hi=2 ** 63 - 1)
     fr = c.mapping(splits, "fractions", "splits.fractions")
     fractions = {name: c.number(fr, name, f"splits.fractions.{name}", lo=0, hi=1) for name in fr}
     if not fractions or abs(sum(fractions.values()) - 1) > 1e-9:
         raise c.fail("splits.fractions", f"must sum to 1, got {sum(fractions.values())}")
-    output = c.mapping(raw, "output", "output")
-    c.unknown(output, {"n_buckets"}, "output")
-    return SelectionConfig(
-        cut_version=c.string(raw, "cut_version", "cut_version"),
-        photsys=c.string(raw, "photsys", "photsys", choices=("auto", "south", "north")),
-        require_brick_primary=c.boolean(quality, "require_brick_primary", "quality.require_brick_primary"),
-        exclude_types=tuple(t.strip().upper() for t in types),
-        reject_maskbits=tuple(sorted(set(bits))),
-        min_nobs=min_nobs, mag_limits=mag_limits,
-        psf_fallbacks=tuple(fallbacks), psf_nominal=nominal,
-        healpix_nside=nside, split_seed=seed, split_fractions=fractions,
-        n_buckets=c.integer(output, "n_buckets", "output.n_buckets", lo=1),
-        raw=raw)
+    return seed, fractions
 
 
 def _mag(flux: np.ndarray) -> np.ndarray:

@@ -1,47 +1,22 @@
 """Stage 1 per-file logic: catalogue rows -> selected LRG target rows, plus the funnel counts.
 
-Target row schema (:data:`TARGET_SCHEMA`), the contract read by the manifest, cutout and injection
-stages:
-
-- ``release, brickid, objid`` (int32) and ``target_id`` (string ``"<release>-<brickid>-<objid>"``,
-  unique within a Legacy Survey release), ``brickname``, ``ra, dec`` (deg, ICRS), ``type``;
-- ``mag_g, mag_r, mag_z, mag_w1``: extinction-corrected AB magnitudes (null when flux <= 0);
-- ``psf_fwhm_g/r/z`` (arcsec, always finite and > 0) and ``psf_fwhm_source`` =
-  ``"g=<m>,r=<m>,z=<m>"`` with m in psfsize | depth_ratio | nominal (see :mod:`udfs.survey.psf_size`);
-- ``psfdepth_g/r/z``: PSFDEPTH, 1/nanomaggy^2 (inverse variance of a point-source flux);
-- ``ebv`` (SFD E(B-V), mag), ``maskbits``, ``nobs_g/r/z``;
-- ``healpix`` (NESTED pixel) and ``healpix_nside``; ``split`` (train/val/test or as configured);
-- ``photsys`` (S/N: which LRG constants applied), ``data_release`` (DR8/DR9/DR10), ``source_file``,
-  and provenance ``cut_version``, ``config_hash``, ``code_version``.
+Rows follow :data:`udfs.schemas.targets.TARGET_SCHEMA` (columns, units and conventions there).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from udfs.targets import lrg_cuts
-from udfs.targets import splits
+from udfs.schemas.targets import MAG_BANDS, TARGET_SCHEMA
+from udfs.targets import lrg_cuts, splits
 from udfs.survey.psf_size import psf_fwhm
 from udfs.survey.tractor_catalog import BANDS, Catalog
 
-TARGET_SCHEMA = pa.schema([
-    ("target_id", pa.string()), ("release", pa.int32()), ("brickid", pa.int32()), ("objid", pa.int32()),
-    ("brickname", pa.string()), ("ra", pa.float64()), ("dec", pa.float64()), ("type", pa.string()),
-    ("mag_g", pa.float64()), ("mag_r", pa.float64()), ("mag_z", pa.float64()), ("mag_w1", pa.float64()),
-    ("psf_fwhm_g", pa.float64()), ("psf_fwhm_r", pa.float64()), ("psf_fwhm_z", pa.float64()),
-    ("psf_fwhm_source", pa.string()),
-    ("psfdepth_g", pa.float64()), ("psfdepth_r", pa.float64()), ("psfdepth_z", pa.float64()),
-    ("ebv", pa.float64()), ("maskbits", pa.int32()),
-    ("nobs_g", pa.int32()), ("nobs_r", pa.int32()), ("nobs_z", pa.int32()),
-    ("healpix", pa.int64()), ("healpix_nside", pa.int32()), ("split", pa.string()),
-    ("photsys", pa.string()), ("data_release", pa.string()), ("source_file", pa.string()),
-    ("cut_version", pa.string()), ("config_hash", pa.string()), ("code_version", pa.string()),
-])
 PSF_CUT = "psf_fwhm_unavailable"
 
 
 def target_id(release, brickid, objid) -> np.ndarray:
+    """``"<release>-<brickid>-<objid>"`` per row (object array of str)."""
     return np.array([f"{int(a)}-{int(b)}-{int(c)}" for a, b, c in zip(release, brickid, objid)], dtype=object)
 
 
@@ -71,7 +46,7 @@ def select_targets(cat: Catalog, cfg: lrg_cuts.SelectionConfig, *, config_hash: 
         "brickname": cols["BRICKNAME"][sel].astype(str).astype(object),
         "ra": ra, "dec": dec,
         "type": cols["TYPE"][sel].astype(str).astype(object),
-        **{f"mag_{b}": mags[b][sel] for b in lrg_cuts.MAG_BANDS},
+        **{f"mag_{b}": mags[b][sel] for b in MAG_BANDS},
         **{f"psf_fwhm_{b}": fwhm[b][sel] for b in BANDS},
         "psf_fwhm_source": np.array([",".join(f"{b}={source[b][i]}" for b in BANDS) for i in sel],
                                     dtype=object),

@@ -44,7 +44,7 @@ def assign_splits(cells: np.ndarray, seed: int, nside: int, fractions: dict[str,
     return np.asarray(names, dtype=object)[idx].astype(str)
 
 
-def realised_fractions(labels: np.ndarray, names: list[str]) -> dict[str, float]:
-    labels = np.asarray(labels)
-    n = max(len(labels), 1)
-    return {name: float((labels == name).sum()) / n for name in names}
+def realised_fractions(counts: dict[str, int], names: list[str]) -> dict[str, float]:
+    """Fraction of the targets in each split from per-split counts (0.0 for every split when empty)."""
+    total = sum(counts.values())
+    return {name: (counts.get(name, 0) / total if total else 0.0) for name in names}
