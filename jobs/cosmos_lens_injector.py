@@ -6,7 +6,8 @@
 Frame: x along the FITS column index, y along the row index, arcsec from the lens centre, which
 is the stamp's geometric centre ((N-1)/2, 0-based) unless --ra/--dec place it via the WCS. The
 output has the input's layout with the injected image, ``ARC_<BAND>`` HDUs (noiseless arc), and
-every parameter, metric, the seed and code version in the header. Errors exit with status 2.
+every parameter, metric, the seed and code version in the header. Bad input (parameters, files,
+bank rows) exits with status 2 and one line naming it.
 """
 from __future__ import annotations
 
@@ -16,14 +17,17 @@ import sys
 
 import numpy as np
 
+from jobs.cli import InputError, job_main
+from udfs.config.provenance import code_version
+from udfs.lensing.arc_metrics import CORE_RADIUS_ARCSEC
 from udfs.lensing.arcs import Sources, inject, render_arcs
 from udfs.lensing.lens_model import Lens
-from udfs.config.provenance import code_version
-from udfs.survey.psf import psf_kernel, psfex_kernel
 from udfs.sources.bank import read_bank
 from udfs.stamps.fits_io import lens_centre_offset, read_cutout, write_injected
+from udfs.survey.bands import SURVEY_BANDS
+from udfs.survey.psf import psf_kernel, psfex_kernel
 
-BANDS = "grz"
+BANDS = SURVEY_BANDS
 DEFAULT_MAG_R = 23.0       # unlensed source r magnitude when not given
 DEFAULT_PSF_FWHM = 1.3     # arcsec, ~ the DR10 median seeing, when no FWHM is given
 
@@ -68,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class UsageError(ValueError):
-    pass
+class UsageError(InputError):
+    """A command-line value that cannot work (the message names the flag)."""
 
 
 def _check(args) -> None:
@@ -131,14 +135,8 @@ def _finite(value: float):
     return float(value) if math.isfinite(value) else "NaN"
 
 
-def run(args) -> dict:
-    _check(args)
-    bank = read_bank(args.source)
-    cutout = read_cutout(args.cutout, BANDS)
-    rng = np.random.default_rng(args.seed)
-    index = bank.check_index(args.src_index if args.src_index is not None else rng.integers(len(bank)))
-    cx, cy = lens_centre_offset(cutout, args.ra, args.dec) if args.ra is not None else (0.0, 0.0)
-    lens = Lens.make(args.theta_e, args.lens_e1, args.lens_e2, cx, cy, args.shear_g1, args.shear_g2)
+def _source(args, bank, index: int, cx: float, cy: float) -> tuple[Sources, dict, tuple]:
+    """The unlensed source: ``(Sources of one row, magnitudes by band, (n, R_e, q, phi))``."""
     mags = _magnitudes(args, bank, index)
     if args.src_mode == "sersic":
         n, re, q, phi = _sersic(args, bank, index)
@@ -149,6 +147,18 @@ def run(args) -> dict:
                       y=np.array([cy + args.src_y]), phi=np.array([phi]),
                       mag=np.array([[mags[b] for b in BANDS]]), index=np.array([index]),
                       sersic_n=np.array([n]), sersic_re=np.array([re]), sersic_q=np.array([q]))
+    return sources, mags, (n, re, q, phi)
+
+
+def run(args) -> dict:
+    _check(args)
+    bank = read_bank(args.source)
+    cutout = read_cutout(args.cutout, BANDS)
+    rng = np.random.default_rng(args.seed)
+    index = bank.check_index(args.src_index if args.src_index is not None else rng.integers(len(bank)))
+    cx, cy = lens_centre_offset(cutout, args.ra, args.dec) if args.ra is not None else (0.0, 0.0)
+    lens = Lens.make(args.theta_e, args.lens_e1, args.lens_e2, cx, cy, args.shear_g1, args.shear_g2)
+    sources, mags, sersic = _source(args, bank, index, cx, cy)
     kernels, psf_cards = _kernels(args, cutout.pixel_scale)
     rendered = render_arcs(lens, sources, [kernels], cutout.npix, cutout.pixel_scale, bank,
                            args.supersampling)
@@ -162,6 +172,15 @@ def run(args) -> dict:
     if cutout.invvar is None:  # no invvar: the SNR is unknown, not zero
         for key in ["arc_snr"] + [f"arc_snr_{b}" for b in BANDS]:
             metrics[key] = np.array([np.nan])
+    cards = _cards(args, cx, cy, index, mags, sersic, psf_cards, noise, {k: v[0] for k, v in metrics.items()})
+    write_injected(cutout, args.output, injected[0], rendered.arcs[0], cards)
+    return {k: v[0] for k, v in cards.items()}
+
+
+def _cards(args, cx: float, cy: float, index: int, mags: dict, sersic: tuple, psf_cards: dict,
+           noise: bool, metrics: dict) -> dict:
+    """FITS header cards ``{KEY: (value, comment)}``: parameters, metrics and provenance."""
+    n, re, q, phi = sersic
     cards = {
         "THETA_E": (args.theta_e, "SIE Einstein radius, arcsec (lenstronomy)"),
         "LENS_E1": (args.lens_e1, "SIE e1"), "LENS_E2": (args.lens_e2, "SIE e2"),
@@ -177,32 +196,28 @@ def run(args) -> dict:
         **psf_cards,
         "SUPERSMP": (args.supersampling, "sub-pixels per axis"),
         "SEED": (args.seed, "random seed"), "NOISE": (noise, "arc Poisson noise added"),
-        "MAGNIF": (float(metrics["magnification"][0]), "total magnification"),
-        "NIMAGES": (int(metrics["n_images"][0]), "images of the source centre"),
-        "ARCSNR": (_finite(metrics["arc_snr"][0]), "matched-filter arc SNR, bands combined"),
-        "COREFRAC": (float(metrics["core_flux_frac"][0]), "arc flux fraction within CORERAD"),
-        "CORERAD": (1.0, "core radius, arcsec"),
+        "MAGNIF": (float(metrics["magnification"]), "total magnification"),
+        "NIMAGES": (int(metrics["n_images"]), "images of the source centre"),
+        "ARCSNR": (_finite(metrics["arc_snr"]), "matched-filter arc SNR, bands combined"),
+        "COREFRAC": (float(metrics["core_flux_frac"]), "arc flux fraction within CORERAD"),
+        "CORERAD": (CORE_RADIUS_ARCSEC, "core radius, arcsec"),
         "CODEVER": (code_version()[:60], "git SHA"),
     }
     if args.src_mode == "sersic":
         cards.update({"SERSIC_N": (n, "Sersic index"), "SERSICRE": (re, "R_e, arcsec"),
                       "SERSIC_Q": (q, "Sersic axis ratio")})
     for b in BANDS:
-        cards[f"ARCFLUX{b.upper()}"] = (float(metrics[f"arc_flux_{b}"][0]), f"arc {b} flux, nmgy")
-        cards[f"ARCSNR_{b.upper()}"] = (_finite(metrics[f"arc_snr_{b}"][0]), f"arc {b} SNR")
+        cards[f"ARCFLUX{b.upper()}"] = (float(metrics[f"arc_flux_{b}"]), f"arc {b} flux, nmgy")
+        cards[f"ARCSNR_{b.upper()}"] = (_finite(metrics[f"arc_snr_{b}"]), f"arc {b} SNR")
         if noise:
-            cards[f"GAIN_{b.upper()}"] = (float(metrics[f"gain_{b}"][0]), "e-/nmgy estimate")
-    write_injected(cutout, args.output, injected[0], rendered.arcs[0], cards)
-    return {k: v[0] for k, v in cards.items()}
+            cards[f"GAIN_{b.upper()}"] = (float(metrics[f"gain_{b}"]), "e-/nmgy estimate")
+    return cards
 
 
+@job_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cards = run(args)
-    except (UsageError, ValueError, IndexError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cards = run(args)
     print(f"wrote {args.output}: theta_E={cards['THETA_E']}\" magnification={cards['MAGNIF']:.3f} "
           f"n_images={cards['NIMAGES']} arc_snr={cards['ARCSNR']} "
           f"arc_flux_r={cards['ARCFLUXR']:.3f} nmgy")

@@ -16,9 +16,10 @@ from jobs import build_manifest, inject_stamps, make_cutouts, make_sample_sky, s
 from jobs.spark import dataset_files
 from udfs.io import storage
 from udfs.lensing.arcs import nanomaggies
-from udfs.stamps.manifest import load_config, manifest_hash
 from udfs.config.provenance import REPO_ROOT, code_version
+from udfs.schemas import stamps as stamp_schema
 from udfs.sources.bank import read_bank
+from udfs.stamps.manifest import resolve_manifest
 
 CONF = REPO_ROOT / "conf"
 
@@ -37,8 +38,8 @@ def inputs(tmp_path_factory, spark, bank_path, data_root):
                                  "--output", str(d / "sky")]) == 0
     assert make_cutouts.main(["--targets", str(d / "targets"), "--coadd-base", str(d / "sky"),
                               "--output", str(d / "cutouts")]) == 0
-    manifest = d / "manifest" / manifest_hash(load_config(str(priors)), len(read_bank(bank_path)))
-    return {"dir": d, "manifest": str(manifest), "cutouts": str(d / "cutouts"), "bank": bank_path}
+    manifest = resolve_manifest(str(d / "manifest"))  # the one manifest under the root
+    return {"dir": d, "manifest": manifest, "cutouts": str(d / "cutouts"), "bank": bank_path}
 
 
 def run_job(inputs, out, *extra):
@@ -85,6 +86,9 @@ def test_schema_is_fixed_size_lists_with_documented_metadata(stamps):
                 "arc_snr", "core_flux_frac", "n_images", "ok", "fail_reason", "code_version",
                 "config_hash", "injection_config_hash", "psf_fwhm_r", "psfdepth_r"):
         assert col in schema.names, col
+    assert schema.equals(stamp_schema.stamp_schema("grz", 64, {}))  # the one definition, field for field
+    assert schema.field("theta_e").metadata == {b"unit": b"arcsec"}
+    assert schema.field("image").metadata == {b"unit": b"nanomaggies"}
 
 
 def test_rows_pixels_truth_and_flux_accounting(stamps, inputs):
@@ -136,14 +140,12 @@ def test_sersic_twin_ablation_changes_only_the_source(stamps, inputs):
     np.testing.assert_allclose(ratio, cos["arc_flux_r"].to_numpy(float) / cos["magnification"].to_numpy(float), rtol=0.03)
 
 
-def test_rerun_is_byte_identical_and_failure_rates_match_labels(stamps, inputs, tmp_path):
+def test_rerun_is_byte_identical_and_labels_pair_up(stamps, inputs, tmp_path):
     again = tmp_path / "again"
     assert run_job(inputs, again) == 0
     assert files_bytes(again) == files_bytes(stamps)
-    summary = json.loads((stamps / "_summary.json").read_text())
-    labels = summary["by_label"]
+    labels = json.loads((stamps / "_summary.json").read_text())["by_label"]
     assert labels["injected"]["n"] == labels["control"]["n"]
-    assert labels["injected"]["failure_rate"] == labels["control"]["failure_rate"]
     assert labels["injected"]["quantiles_5_50_95"]["psf_fwhm_r"] == labels["control"]["quantiles_5_50_95"]["psf_fwhm_r"]
 
 
@@ -176,33 +178,74 @@ def test_killed_run_resumes_without_duplicates(stamps, inputs, tmp_path):
     assert summary["n_stamps"] == json.loads((stamps / "_summary.json").read_text())["n_stamps"]
 
 
-def test_bad_psf_fails_both_labels_alike(inputs, tmp_path, spark):
-    """A target with a zero PSF size fails its injected and its control rows with one reason."""
+def _copy_dataset(src: str, dst: Path, edit) -> None:
+    """Copy a dataset file by file, ``edit(table) -> table`` applied to each."""
+    for f in dataset_files(src):
+        rel = Path(f).relative_to(src)
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(edit(pq.read_table(f)), dst / rel)
+
+
+def _set(table, col, values):
     import pyarrow as pa
 
-    man = tmp_path / "manifest"
-    for f in dataset_files(inputs["manifest"]):
-        t = pq.read_table(f)
-        first = t["target_id"][0].as_py() if len(t) else None
-        psf = [0.0 if tid == first else v for tid, v in zip(t["target_id"].to_pylist(), t["psf_fwhm_g"].to_pylist())]
-        t = t.set_column(t.schema.get_field_index("psf_fwhm_g"), "psf_fwhm_g", pa.array(psf))
-        rel = Path(f).relative_to(inputs["manifest"])
-        (man / rel).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(t, man / rel)
+    field = table.schema.field(col)
+    return table.set_column(table.schema.get_field_index(col), field, pa.array(values, type=field.type))
+
+
+def test_failures_hit_both_labels_alike(inputs, tmp_path, spark):
+    """Real failures of three kinds (a cutout flagged not ok, a target with no cutout row, a zero
+    PSF size in replicate 0 of a third target): each fails the injected and the control rows alike,
+    so failure rates and reasons do not depend on the label; failed rows hold no pixel values."""
+    targets = sorted({t for f in dataset_files(inputs["manifest"]) for t in pq.read_table(f)["target_id"].to_pylist()})
+    assert len(targets) >= 3
+    flagged, dropped, bad_psf = targets[:3]
+    man, cut = tmp_path / "manifest", tmp_path / "cutouts"
+
+    def edit_manifest(t):
+        rows = zip(t["target_id"].to_pylist(), t["replicate"].to_pylist(), t["psf_fwhm_g"].to_pylist())
+        return _set(t, "psf_fwhm_g", [0.0 if (tid, rep) == (bad_psf, 0) else v for tid, rep, v in rows])
+
+    def edit_cutouts(t):
+        t = t.filter(pc.not_equal(t["target_id"], dropped))
+        ids = t["target_id"].to_pylist()
+        t = _set(t, "fail_reason", ["off_footprint" if i == flagged else r for i, r in zip(ids, t["fail_reason"].to_pylist())])
+        return _set(t, "ok", [False if i == flagged else v for i, v in zip(ids, t["ok"].to_pylist())])
+
+    _copy_dataset(inputs["manifest"], man, edit_manifest)
+    _copy_dataset(inputs["cutouts"], cut, edit_cutouts)
     out = tmp_path / "stamps"
-    assert inject_stamps.main(["--manifest", str(man), "--cutouts", inputs["cutouts"], "--bank",
-                               inputs["bank"], "--output", str(out)]) == 0
+    assert inject_stamps.main(["--manifest", str(man), "--cutouts", str(cut), "--bank", inputs["bank"],
+                               "--output", str(out)]) == 0
     arrow = read_all(out)
     tab = arrow.to_pandas()
-    bad = tab[~tab["ok"]]
-    assert len(bad) > 0 and set(bad["fail_reason"]) == {"bad_psf:g"}
-    assert bad["is_control"].sum() == (~bad["is_control"]).sum()
+    expected = [{flagged: "cutout:off_footprint", dropped: "cutout:missing"}.get(
+        tid, "bad_psf:g" if (tid, rep) == (bad_psf, 0) else None) for tid, rep in zip(tab["target_id"], tab["replicate"])]
+    assert tab["fail_reason"].tolist() == expected
+    assert (tab["ok"] == [e is None for e in expected]).all() and tab["ok"].any()
     failed = arrow.filter(pc.invert(arrow["ok"]))
     for col in ("image", "invvar", "arc"):  # no value at all, never zero-filled pixels
         items = pc.list_flatten(failed[col])
         assert items.null_count == len(items) == len(failed) * 3 * 64 * 64
     s = json.loads((out / "_summary.json").read_text())["by_label"]
+    for label, part in tab.groupby(tab["is_control"].map({True: "control", False: "injected"})):
+        reasons = part.loc[~part["ok"], "fail_reason"].value_counts().to_dict()
+        assert s[label]["fail_reasons"] == reasons and len(reasons) == 3
+    assert s["injected"]["fail_reasons"] == s["control"]["fail_reasons"]
     assert s["injected"]["failure_rate"] == s["control"]["failure_rate"] > 0
+
+
+def test_manifest_root_with_two_manifests_is_refused(inputs, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "root"
+    for name in ("aaaa", "bbbb"):
+        shutil.copytree(inputs["manifest"], root / name)
+    assert inject_stamps.main(["--manifest", str(root), "--cutouts", inputs["cutouts"], "--bank", inputs["bank"],
+                               "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "root: holds 2 manifests" in err and "aaaa" in err and "bbbb" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_s3_run_matches_local_bytes(stamps, inputs, s3_bucket):

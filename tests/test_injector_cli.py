@@ -1,4 +1,5 @@
-"""The single-stamp command: output layout, header truth, determinism, noise, clear errors."""
+"""The single-stamp command: output layout, header truth, determinism, noise, clear errors; the bank
+metadata reader the drivers use."""
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -8,6 +9,8 @@ from tests.lensing_fixtures import tan_header, write_cube_cutout, write_test_ban
 from udfs.lensing.arc_metrics import arc_snr, core_flux_fraction
 from udfs.lensing.arc_noise import add_poisson_noise
 from udfs.lensing.arcs import nanomaggies
+from udfs.sources import bank as bank_module
+from udfs.sources.bank import BankError, read_bank, read_bank_info
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +122,8 @@ def test_missing_band_in_a_real_legacy_survey_brick(inputs, tmp_path, data_root,
     (["--src-index", "99"], "source index 99 out of range: the bank holds 6"),
     (["--ra", "150.0"], "--ra and --dec go together"),
     (["--psf-fwhm", "0"], "PSF FWHM must be a positive number"),
+    (["--lens-e1", "0.8", "--lens-e2", "0.8"], "lens ellipticity |e| = sqrt(e1^2 + e2^2) must be < 1"),
+    (["--src-mode", "sersic", "--sersic-n", "7"], "Sersic needs 0.3 <= n <= 6.2"),
 ])
 def test_bad_parameters_are_clear_errors(inputs, tmp_path, capsys, extra, message):
     assert run(inputs, tmp_path / "x.fits", *extra) == 2
@@ -179,3 +184,68 @@ def test_arc_snr_does_not_depend_on_stamp_size_and_core_fraction_is_local():
     assert core_flux_fraction(arc[None, None], [0.0], [0.0], 0.262, 1.0)[0] < 0.01
     blob = np.exp(-0.5 * (xx ** 2 + yy ** 2) / 0.5)
     assert core_flux_fraction(blob[None, None], [0.0], [0.0], 0.262, 1.0)[0] > 0.99
+
+
+def test_a_bug_keeps_its_traceback(inputs, tmp_path, monkeypatch):
+    """Only bad input exits 2: an error of the code itself propagates."""
+    import jobs.cosmos_lens_injector as cli
+
+    def broken(*a, **k):
+        raise ValueError("a bug, not bad input")
+
+    monkeypatch.setattr(cli, "render_arcs", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        run(inputs, tmp_path / "x.fits")
+
+
+class _CountingFile:
+    """A file object that counts the bytes read through it."""
+
+    def __init__(self, f, counter):
+        self._f, self._counter = f, counter
+
+    def read(self, *args):
+        data = self._f.read(*args)
+        self._counter.append(len(data))
+        return data
+
+    def readinto(self, buffer):
+        n = self._f.readinto(buffer)
+        self._counter.append(n)
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def test_bank_info_reads_sizes_and_attributes_without_the_images(inputs, tmp_path, monkeypatch):
+    import h5py
+
+    path = tmp_path / "big_bank.h5"
+    with h5py.File(inputs / "bank.h5", "r") as src, h5py.File(path, "w") as dst:
+        images = np.tile(src["images"][...], (40, 1, 1))  # 240 images, 3.9 MB
+        dst.create_dataset("images", data=images)
+        for k, v in src.attrs.items():
+            dst.attrs[k] = v
+        src.copy("meta", dst)
+    full = read_bank(str(path))
+    read = []
+    real_open = bank_module.storage.open_input
+    monkeypatch.setattr(bank_module.storage, "open_input", lambda uri: _CountingFile(real_open(uri), read))
+    info = read_bank_info(str(path))
+    assert (info.size, info.image_size, info.pixel_scale) == (len(full), full.images.shape[1], full.pixel_scale)
+    assert info.attrs == full.attrs and set(info.meta_columns) == set(full.meta)
+    assert 0 < sum(read) < images.nbytes / 50  # HDF5 headers only, never the pixels
+    with pytest.raises(BankError, match="bank meta lacks column 'gini'"):
+        info.check_meta(["g_r", "gini"])
+    with pytest.raises(BankError, match="not-a-bank.h5: not a readable HDF5 source bank"):
+        (tmp_path / "not-a-bank.h5").write_bytes(b"plain text")
+        read_bank_info(str(tmp_path / "not-a-bank.h5"))
+    with pytest.raises(BankError, match="missing.h5: not a readable HDF5 source bank"):
+        read_bank_info(str(tmp_path / "missing.h5"))

@@ -12,6 +12,8 @@ from lenstronomy.Util import param_util
 from tests.lensing_fixtures import BANK_SCALE, write_test_bank
 from udfs.lensing.arcs import Sources, nanomaggies, render_arcs
 from udfs.lensing.lens_model import Lens, deflection
+from udfs.io.errors import InputError
+from udfs.lensing.limits import SERSIC_N_RANGE, ParameterError
 from udfs.lensing.render import MODE_COSMOS, MODE_SERSIC, render_unit_arcs
 from udfs.survey.psf import gaussian_kernel
 from udfs.sources.bank import read_bank
@@ -217,3 +219,17 @@ def test_unlensed_sersic_matches_galsim(n_sersic, r_e, q, phi):
     dev = np.abs(ours[0] - ref_ss).max() / ref_ss.max()
     assert dev <= TOL_PEAK, f"max deviation {dev:.2e} of the peak"
     assert ref.array.shape == ours[0].shape
+
+
+def test_renderer_refuses_sersic_indices_outside_the_shared_range():
+    lens = Lens.make(1.2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    lo, hi = SERSIC_N_RANGE
+    for n, ok in ((lo, True), (hi, True), (lo - 0.01, False), (hi + 0.01, False)):
+        kw = dict(npix=16, pixel_scale=DP, mode=MODE_SERSIC, src_x=0.1, src_y=0.0, src_phi=0.0,
+                  sersic_n=n, sersic_re=0.3, sersic_q=0.8, k=2)
+        if ok:
+            assert render_unit_arcs(lens, **kw)[0].sum() > 0
+        else:
+            with pytest.raises(ParameterError, match=f"Sersic needs {lo} <= n <= {hi}"):
+                render_unit_arcs(lens, **kw)
+    assert issubclass(ParameterError, InputError) and not issubclass(ParameterError, ValueError)

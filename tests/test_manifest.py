@@ -1,16 +1,22 @@
-"""Stage 3 logic: determinism, row count, seeds, prior distributions (KS), paired controls, config."""
+"""Stage 3 logic: determinism, row count, seeds, prior distributions (KS), paired controls, config,
+and how stage 5 finds the manifest (resolve_manifest)."""
 import copy
 import hashlib
+import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import yaml
 from scipy import stats
 
-from udfs.stamps import manifest
-from udfs.config.provenance import REPO_ROOT
 from udfs.config.checker import ConfigError
+from udfs.config.provenance import REPO_ROOT
+from udfs.io.datasets import DatasetError
+from udfs.lensing.limits import SERSIC_N_RANGE
+from udfs.schemas.manifest import MANIFEST_SCHEMA
+from udfs.stamps import manifest, priors
 
 CONF = REPO_ROOT / "conf" / "injection_priors.yaml"
 BANK = 57
@@ -29,7 +35,7 @@ def targets(n, start=0):
 
 
 def build(raw, t, bank=BANK):
-    plan = manifest.parse_config(raw, "test")
+    plan = priors.parse_config(raw, "test")
     return manifest.build_tasks(t, plan, bank, manifest.config_hashes(plan, bank), "v"), plan
 
 
@@ -68,7 +74,7 @@ def test_controls_pair_one_to_one_with_nulls_not_zeros(big):
     pairs = ctl.merge(inj, left_on="pair_id", right_on="task_id", suffixes=("_c", "_i"))
     for col in ("target_id", "config_hash", "replicate", "split", "psf_fwhm_r", "ra"):
         assert (pairs[f"{col}_c"] == pairs[f"{col}_i"]).all()
-    table = manifest.to_arrow(tasks)
+    table = pa.Table.from_pandas(tasks, schema=MANIFEST_SCHEMA, preserve_index=False)
     is_ctl = table.column("is_control").to_numpy(zero_copy_only=False)
     for col in manifest.ARC_COLUMNS:
         values = table.column(col)
@@ -125,11 +131,11 @@ def test_ablation_repeats_the_cosmos_draws_with_twin_sources(big):
     bad = raw_config()
     bad["configs"][2]["ablation_of"] = "nope"
     with pytest.raises(ConfigError, match=r"configs\[2\].ablation_of: no earlier \(non-ablation\) config named 'nope'"):
-        manifest.parse_config(bad, "test")
+        priors.parse_config(bad, "test")
     same = raw_config()
     same["configs"][2]["src_mode"] = "cosmos"
     with pytest.raises(ConfigError, match="an ablation must change the source mode"):
-        manifest.parse_config(same, "test")
+        priors.parse_config(same, "test")
 
 
 def test_lenstronomy_conventions_round_trip(big):
@@ -158,16 +164,16 @@ def test_truncated_normal_and_fixed_priors():
 
 def test_config_hashes_and_locations():
     raw = raw_config()
-    plan = manifest.parse_config(raw)
+    plan = priors.parse_config(raw)
     base_hashes, base_loc = manifest.config_hashes(plan, BANK), manifest.manifest_hash(plan, BANK)
     more = copy.deepcopy(raw)
     more["replicates"] = 5  # more replicates: same per-config hash (old tasks unchanged), new location
-    plan5 = manifest.parse_config(more)
+    plan5 = priors.parse_config(more)
     assert manifest.config_hashes(plan5, BANK) == base_hashes
     assert manifest.manifest_hash(plan5, BANK) != base_loc
     changed = copy.deepcopy(raw)
     changed["defaults"]["theta_e"]["high"] = 3.0
-    planc = manifest.parse_config(changed)
+    planc = priors.parse_config(changed)
     assert all(a != b for a, b in zip(manifest.config_hashes(planc, BANK), base_hashes))
     assert manifest.manifest_hash(planc, BANK) != base_loc
     assert manifest.manifest_hash(plan, BANK + 1) != base_loc  # another bank -> another manifest
@@ -186,4 +192,59 @@ def test_config_errors_name_the_key(edit, message):
     raw = raw_config()
     edit(raw)
     with pytest.raises(ConfigError, match=message):
-        manifest.parse_config(raw, "p.yaml")
+        priors.parse_config(raw, "p.yaml")
+
+
+def test_sersic_priors_outside_the_renderable_range_are_refused():
+    lo, hi = SERSIC_N_RANGE
+    for bad in ({"dist": "uniform", "low": lo - 0.05, "high": 2.0}, {"dist": "uniform", "low": 1.0, "high": hi + 0.1}):
+        raw = raw_config()
+        raw["configs"][1]["sersic_n"] = bad
+        with pytest.raises(ConfigError, match=r"configs\[1\].sersic_n.(low|high): must be"):
+            priors.parse_config(raw, "p.yaml")
+    raw = raw_config()
+    raw["configs"][1]["sersic_n"] = {"dist": "uniform", "low": lo, "high": hi}
+    priors.parse_config(raw, "p.yaml")
+
+
+def test_tasks_follow_the_schema_module(big):
+    tasks, _ = big
+    assert list(tasks.columns) == MANIFEST_SCHEMA.names
+    assert pa.Table.from_pandas(tasks.iloc[:10], schema=MANIFEST_SCHEMA, preserve_index=False).schema.equals(MANIFEST_SCHEMA)
+    assert MANIFEST_SCHEMA.field("theta_e").metadata == {b"unit": b"arcsec"}
+
+
+def _fake_manifest(folder, location=None):
+    folder.mkdir(parents=True)
+    (folder / "part-00000.parquet").write_bytes(b"")
+    (folder / "_manifest.json").write_text(json.dumps({"location": str(location or folder)}))
+
+
+def test_resolve_manifest_folder_root_and_refusals(tmp_path):
+    one = tmp_path / "one"
+    _fake_manifest(one / "aaaa")
+    assert manifest.resolve_manifest(str(one / "aaaa")) == str(one / "aaaa")  # the folder itself
+    assert manifest.resolve_manifest(str(one)) == str(one / "aaaa")           # a root with one
+    moved = tmp_path / "moved"
+    _fake_manifest(moved / "bbbb", location="s3://bucket/run/manifest/bbbb")
+    assert manifest.resolve_manifest(str(moved)) == "s3://bucket/run/manifest/bbbb"  # the recorded location
+    two = tmp_path / "two"
+    _fake_manifest(two / "aaaa")
+    _fake_manifest(two / "cccc")
+    with pytest.raises(DatasetError, match=r"two: holds 2 manifests \(.*aaaa, .*cccc\): pass one of them"):
+        manifest.resolve_manifest(str(two))
+    copy_only = tmp_path / "copy"  # the dataset's files without _manifest.json: the folder itself
+    copy_only.mkdir()
+    (copy_only / "part-00000.parquet").write_bytes(b"")
+    assert manifest.resolve_manifest(str(copy_only)) == str(copy_only)
+    with pytest.raises(DatasetError, match=r"empty: no _manifest.json here or in a folder below it"):
+        (tmp_path / "empty").mkdir()
+        manifest.resolve_manifest(str(tmp_path / "empty"))
+
+
+def test_target_checks_name_the_column():
+    with pytest.raises(DatasetError, match=r"t: column target_id: '1-2-3' occurs 2 times"):
+        manifest.check_targets("t", 3, ("1-2-3", 2), {})
+    with pytest.raises(DatasetError, match=r"t: column psf_fwhm_r: 4 null values"):
+        manifest.check_targets("t", 3, None, {"ra": 0, "psf_fwhm_r": 4})
+    manifest.check_targets("t", 3, None, {"ra": 0})

@@ -5,8 +5,10 @@ import galsim
 import numpy as np
 import pytest
 
-from udfs.survey.psf import (convolve, convolve_bands, gaussian_kernel, kernel_centroid, moffat_kernel,
-                      psf_kernel, psfex_kernel)
+from udfs.io.errors import InputError
+from udfs.survey import psf
+from udfs.survey.psf import (PSFError, convolve, convolve_bands, gaussian_kernel, moffat_kernel, psf_kernel,
+                             psfex_kernel)
 
 
 def centroid(img):
@@ -26,7 +28,7 @@ def test_point_source_lands_where_it_was(npix, k):
     j, i = 29, 34
     img[j, i] = 5.0
     kernel = gaussian_of_size(k, sigma_pix=min(2.0, k / 8))
-    assert kernel_centroid(kernel) == pytest.approx((0.0, 0.0), abs=1e-9)
+    assert centroid(kernel.astype(np.float64)) == pytest.approx(((k - 1) / 2,) * 2, abs=1e-9)  # geometric centre
     out = convolve(img, kernel)
     cx, cy = centroid(out)
     if k < npix // 2:  # PSF fully on the stamp: centroid and flux exact
@@ -57,13 +59,25 @@ def test_kernel_wider_than_stamp_centred_point(k):
     assert out.sum() < 1.0
 
 
-def test_bands_share_one_forward_fft_and_agree_with_single_convolution():
+def test_bands_share_one_forward_fft_and_agree_with_single_convolution(monkeypatch):
+    """convolve_bands transforms the image once for all bands, and each kernel once (cached)."""
     rng = np.random.default_rng(2)
     img = rng.random((64, 64))
     kernels = [gaussian_kernel(1.1, 0.262), moffat_kernel(1.3, 3.5, 0.262), gaussian_kernel(1.0, 0.262, 20)]
+    expected = [convolve(img, kern) for kern in kernels]
+    psf._kernel_fft.cache_clear()
+    calls = []
+    real_rfft2 = psf.sfft.rfft2
+    monkeypatch.setattr(psf.sfft, "rfft2", lambda a, *args, **kw: calls.append(np.shape(a)) or real_rfft2(a, *args, **kw))
     out = convolve_bands(img, kernels)
-    for b, kern in enumerate(kernels):
-        np.testing.assert_allclose(out[b], convolve(img, kern), atol=1e-12)
+    assert calls.count(img.shape) == 1                       # one forward FFT of the image
+    assert sorted(calls) == sorted([img.shape] + [k.shape for k in kernels])  # and one per kernel
+    calls.clear()
+    again = convolve_bands(img, kernels)
+    assert calls == [img.shape]                             # kernel transforms come from the cache
+    for b in range(len(kernels)):
+        np.testing.assert_allclose(out[b], expected[b], atol=1e-12)
+    np.testing.assert_array_equal(again, out)
 
 
 def test_gaussian_and_moffat_kernels_match_galsim_fwhm():
@@ -80,14 +94,14 @@ def test_gaussian_and_moffat_kernels_match_galsim_fwhm():
 
 @pytest.mark.parametrize("fwhm", [0.0, -1.0, float("nan")])
 def test_zero_or_bad_psf_size_is_a_clear_error(fwhm):
-    with pytest.raises(ValueError, match="PSF FWHM must be a positive number"):
+    with pytest.raises(PSFError, match="PSF FWHM must be a positive number"):
         psf_kernel("gaussian", fwhm, 0.262)
 
 
 def test_unknown_model_and_missing_beta():
-    with pytest.raises(ValueError, match="unknown PSF model 'airy'"):
+    with pytest.raises(PSFError, match="unknown PSF model 'airy'"):
         psf_kernel("airy", 1.0, 0.262)
-    with pytest.raises(ValueError, match="beta"):
+    with pytest.raises(PSFError, match="beta"):
         psf_kernel("moffat", 1.0, 0.262)
 
 
@@ -116,5 +130,8 @@ def test_psfex_kernels_reproduce_the_models(data_root):
 def test_psfex_unreadable_file_names_it(tmp_path):
     bad = tmp_path / "broken-psfex.fits"
     bad.write_bytes(b"not fits at all")
-    with pytest.raises(ValueError, match="broken-psfex.fits"):
+    with pytest.raises(PSFError, match="broken-psfex.fits"):
         psfex_kernel(str(bad), 0, 0, 0.262)
+    with pytest.raises(PSFError, match="no-such-psfex.fits"):
+        psfex_kernel(str(tmp_path / "no-such-psfex.fits"), 0, 0, 0.262)
+    assert issubclass(PSFError, InputError) and not issubclass(PSFError, ValueError)

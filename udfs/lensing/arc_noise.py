@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from udfs.lensing.limits import ParameterError
+
 # Typical DECam dark-sky surface brightness (AB mag / arcsec^2) used for the gain estimate.
 SKY_MAG_ARCSEC2 = {"g": 22.04, "r": 20.91, "i": 20.05, "z": 18.46}
 
@@ -17,17 +19,17 @@ SKY_MAG_ARCSEC2 = {"g": 22.04, "r": 20.91, "i": 20.05, "z": 18.46}
 def gain_estimate(invvar: np.ndarray, band: str, pixel_scale: float) -> float:
     """Electrons per nanomaggy of one band's cutout: median of ``invvar * sky`` over valid pixels."""
     if band not in SKY_MAG_ARCSEC2:
-        raise ValueError(f"no sky brightness known for band {band!r}")
+        raise ParameterError(f"no sky brightness known for band {band!r}")
     sky = 10.0 ** ((22.5 - SKY_MAG_ARCSEC2[band]) / 2.5) * pixel_scale ** 2
     good = invvar[np.isfinite(invvar) & (invvar > 0)]
     if good.size == 0:
-        raise ValueError(f"band {band}: no pixel with invvar > 0, cannot estimate the gain")
+        raise ParameterError(f"band {band}: no pixel with invvar > 0, cannot estimate the gain")
     return float(np.median(good) * sky)
 
 
 def add_poisson_noise(arc: np.ndarray, gain: float, rng: np.random.Generator) -> np.ndarray:
     """One band's arc (nanomaggies) with its shot noise; pixels with ``arc <= 0`` stay exactly 0."""
     if not gain > 0:
-        raise ValueError(f"gain must be > 0 electrons/nanomaggy, got {gain}")
+        raise ParameterError(f"gain must be > 0 electrons/nanomaggy, got {gain}")
     lam = np.where(arc > 0, arc, 0.0) * gain
     return (rng.poisson(lam) / gain).astype(arc.dtype)

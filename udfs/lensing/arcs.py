@@ -14,9 +14,10 @@ import numpy as np
 from udfs.lensing.arc_metrics import CORE_RADIUS_ARCSEC, arc_metrics
 from udfs.lensing.arc_noise import add_poisson_noise, gain_estimate
 from udfs.lensing.lens_model import Lens
+from udfs.lensing.limits import ParameterError
 from udfs.lensing.render import MODE_COSMOS, MODE_SERSIC, render_unit_arcs
-from udfs.survey.psf import convolve_bands
 from udfs.sources.bank import SourceBank
+from udfs.survey.psf import convolve_bands
 
 SOURCE_MODES = {"cosmos": MODE_COSMOS, "sersic": MODE_SERSIC}
 DEFAULT_SUPERSAMPLING = 8
@@ -51,7 +52,7 @@ class Sources:
     def mode_codes(self) -> np.ndarray:
         unknown = sorted(set(np.asarray(self.mode).tolist()) - set(SOURCE_MODES))
         if unknown:
-            raise ValueError(f"unknown source mode(s) {unknown}: use 'cosmos' or 'sersic'")
+            raise ParameterError(f"unknown source mode(s) {unknown}: use 'cosmos' or 'sersic'")
         return np.array([SOURCE_MODES[m] for m in self.mode], dtype=np.int64)
 
 
@@ -68,12 +69,12 @@ def render_arcs(lens: Lens, sources: Sources, kernels: list[list[np.ndarray]], n
     """Noiseless arcs for a batch. ``kernels[s][b]``: PSF kernel of stamp ``s``, band ``b``."""
     mag = np.atleast_2d(np.asarray(sources.mag, dtype=np.float64))
     if not np.isfinite(mag).all():
-        raise ValueError("source magnitudes must be finite")
+        raise ParameterError("source magnitudes must be finite")
     codes = sources.mode_codes()
     images = scale = support = None
     if (codes == MODE_COSMOS).any():
         if bank is None:
-            raise ValueError("cosmos sources need a source bank")
+            raise ParameterError("cosmos sources need a source bank")
         images = bank.images
         scale = bank.pixel_scale * (1.0 if sources.size_scale is None else np.asarray(sources.size_scale))
         support = bank.support_pix

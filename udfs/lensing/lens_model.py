@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from udfs.lensing.limits import ParameterError
+
 _Q_SIS = 1.0 - 1e-8  # lenstronomy clips q >= 1 to 0.99999999 for the same reason
 
 
@@ -53,11 +55,11 @@ class Lens:
     def validate(self) -> None:
         for name in ("theta_e", "e1", "e2", "center_x", "center_y", "gamma1", "gamma2"):
             if not np.all(np.isfinite(getattr(self, name))):
-                raise ValueError(f"lens parameter {name} must be finite")
+                raise ParameterError(f"lens parameter {name} must be finite")
         if np.any(self.theta_e < 0):
-            raise ValueError("theta_E must be >= 0 arcsec")
+            raise ParameterError("theta_E must be >= 0 arcsec")
         if np.any(np.hypot(self.e1, self.e2) >= 1):
-            raise ValueError("lens ellipticity |e| = sqrt(e1^2 + e2^2) must be < 1")
+            raise ParameterError("lens ellipticity |e| = sqrt(e1^2 + e2^2) must be < 1")
 
     def row(self, i: int) -> tuple:
         """Kernel arguments for stamp ``i``: (b, q, cos phi, sin phi, cx, cy, g1, g2)."""

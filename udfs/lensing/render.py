@@ -36,7 +36,10 @@ from numba import njit
 from scipy.special import gamma as gamma_fn
 from scipy.special import gammaincinv
 
+from udfs.lensing.image_count import count_images
 from udfs.lensing.lens_model import Lens, ray, sie_kernel_params
+from udfs.lensing.limits import SERSIC_N_RANGE, ParameterError
+from udfs.sources.bank import support_radius
 
 MODE_COSMOS = 0
 MODE_SERSIC = 1
@@ -54,20 +57,6 @@ def sersic_ie(n, r_e):
     n = np.asarray(n, dtype=np.float64)
     bn = sersic_bn(n)
     return 1.0 / (2.0 * np.pi * n * r_e ** 2 * np.exp(bn) * bn ** (-2.0 * n) * gamma_fn(2.0 * n))
-
-
-def support_radius(images: np.ndarray) -> np.ndarray:
-    """Radius (image pixels) around the image centre beyond which each bank image's interpolant
-    is zero."""
-    n = images.shape[-1]
-    c = (n - 1) / 2.0
-    yy, xx = np.mgrid[0:n, 0:n]
-    r = np.hypot(xx - c, yy - c) + math.sqrt(2.0)  # bilinear taper reaches one pixel beyond
-    out = np.empty(images.shape[0])
-    for i, img in enumerate(images):
-        nz = img != 0
-        out[i] = r[nz].max() if nz.any() else 0.0
-    return out
 
 
 @njit(cache=True, inline="always")
@@ -107,111 +96,6 @@ def _surface_brightness(bx, by, mode, img, inv_scale, sb_norm, c_img, sx, sy, cp
     r = math.sqrt(q_s * xp * xp + yp * yp / q_s)
     r = max(r, 1e-5)
     return ie_s * math.exp(-bn_s * ((r / re_s) ** (1.0 / n_s) - 1.0))
-
-
-@njit(cache=True)
-def _newton_image(x, y, bxs, bys, b, q, lc, ls, cx, cy, g1, g2):
-    """Refine an image-plane point (x, y) so that it maps onto (bxs, bys); returns (x, y, ok)."""
-    h = 1e-6
-    for _ in range(30):
-        bx, by = ray(x, y, b, q, lc, ls, cx, cy, g1, g2)
-        rx, ry = bx - bxs, by - bys
-        if rx * rx + ry * ry < 1e-20:
-            return x, y, True
-        bx1, by1 = ray(x + h, y, b, q, lc, ls, cx, cy, g1, g2)
-        bx2, by2 = ray(x, y + h, b, q, lc, ls, cx, cy, g1, g2)
-        a11, a21 = (bx1 - bx) / h, (by1 - by) / h
-        a12, a22 = (bx2 - bx) / h, (by2 - by) / h
-        det = a11 * a22 - a12 * a21
-        if det == 0.0:
-            return x, y, False
-        x -= (a22 * rx - a12 * ry) / det
-        y -= (-a21 * rx + a11 * ry) / det
-    return x, y, False
-
-
-@njit(cache=True, inline="always")
-def _in_triangle(px, py, ax, ay, bx, by, cx, cy):
-    d1 = (px - bx) * (ay - by) - (ax - bx) * (py - by)
-    d2 = (px - cx) * (by - cy) - (bx - cx) * (py - cy)
-    d3 = (px - ax) * (cy - ay) - (cx - ax) * (py - ay)
-    neg = d1 < 0 or d2 < 0 or d3 < 0
-    pos = d1 > 0 or d2 > 0 or d3 > 0
-    return not (neg and pos)
-
-
-@njit(cache=True, inline="always")
-def _cell_contains(px, py, gx, gy, j, i):
-    """Whether the traced cell with corners (j, i)..(j+1, i+1) covers (px, py), as two triangles."""
-    return (_in_triangle(px, py, gx[j, i], gy[j, i], gx[j, i + 1], gy[j, i + 1], gx[j + 1, i + 1],
-                         gy[j + 1, i + 1]) or
-            _in_triangle(px, py, gx[j, i], gy[j, i], gx[j + 1, i + 1], gy[j + 1, i + 1], gx[j + 1, i],
-                         gy[j + 1, i]))
-
-
-@njit(cache=True)
-def _add_image(found, nfound, x, y, cell, sx, sy, b, q, lc, ls, cx, cy, g1, g2):
-    """Refine a candidate from a cell of size ``cell`` centred on (x, y); append it if new."""
-    xi, yi, ok = _newton_image(x, y, sx, sy, b, q, lc, ls, cx, cy, g1, g2)
-    if not ok or abs(xi - x) > 1.5 * cell or abs(yi - y) > 1.5 * cell:
-        return nfound
-    if (xi - cx) ** 2 + (yi - cy) ** 2 < 1e-12:
-        return nfound
-    for f in range(nfound):
-        if (found[f, 0] - xi) ** 2 + (found[f, 1] - yi) ** 2 < 1e-10:
-            return nfound
-    if nfound < found.shape[0]:
-        found[nfound, 0] = xi
-        found[nfound, 1] = yi
-        nfound += 1
-    return nfound
-
-
-@njit(cache=True)
-def _scan_cell(found, nfound, x0, y0, cell, m, sx, sy, b, q, lc, ls, cx, cy, g1, g2):
-    """Split the square cell with lower-left corner (x0, y0) into m x m sub-cells of two
-    triangles each; ray-trace their corners and refine every triangle containing the source."""
-    h = cell / m
-    gx = np.empty((m + 1, m + 1))
-    gy = np.empty((m + 1, m + 1))
-    for a in range(m + 1):
-        for c in range(m + 1):
-            gx[a, c], gy[a, c] = ray(x0 + c * h, y0 + a * h, b, q, lc, ls, cx, cy, g1, g2)
-    for a in range(m):
-        for c in range(m):
-            xc, yc = x0 + (c + 0.5) * h, y0 + (a + 0.5) * h
-            if abs(xc - cx) <= 0.5 * h and abs(yc - cy) <= 0.5 * h:
-                continue  # the SIE's singular core holds no image
-            if _cell_contains(sx, sy, gx, gy, a, c):
-                nfound = _add_image(found, nfound, xc, yc, h, sx, sy, b, q, lc, ls, cx, cy, g1, g2)
-    return nfound
-
-
-@njit(cache=True)
-def _count_images(cbx, cby, sx, sy, c0, pixel_scale, b, q, lc, ls, cx, cy, g1, g2):
-    """Number of images of the source centre on the stamp.
-
-    Triangles of traced pixel corners that contain the source are refined by Newton's method on
-    the lens equation and de-duplicated. The 3 x 3 pixels around the lens centre, where the SIE
-    deflection turns too fast for a pixel-sized linear map, are also scanned on an 8x finer grid
-    (the pixel holding the lens centre only on that grid).
-    """
-    npix = cbx.shape[0] - 1
-    found = np.empty((16, 2))
-    nfound = 0
-    near = 1.5 * pixel_scale
-    for j in range(npix):
-        y = (j - c0) * pixel_scale
-        for i in range(npix):
-            x = (i - c0) * pixel_scale
-            if abs(x - cx) <= near and abs(y - cy) <= near:
-                nfound = _scan_cell(found, nfound, x - 0.5 * pixel_scale, y - 0.5 * pixel_scale,
-                                    pixel_scale, 8, sx, sy, b, q, lc, ls, cx, cy, g1, g2)
-                if abs(x - cx) <= 0.5 * pixel_scale and abs(y - cy) <= 0.5 * pixel_scale:
-                    continue
-            if _cell_contains(sx, sy, cbx, cby, j, i):
-                nfound = _add_image(found, nfound, x, y, pixel_scale, sx, sy, b, q, lc, ls, cx, cy, g1, g2)
-    return nfound
 
 
 @njit(cache=True)
@@ -257,7 +141,7 @@ def _render_batch(out, n_images, lens_p, mode, src_xy, src_phi, src_index, image
             for i in range(npix + 1):
                 x = (i - 0.5 - c0) * pixel_scale
                 cbx[j, i], cby[j, i] = ray(x, y, b, q, lc, ls, cx, cy, g1, g2)
-        n_images[s] = _count_images(cbx, cby, sx, sy, c0, pixel_scale, b, q, lc, ls, cx, cy, g1, g2)
+        n_images[s] = count_images(cbx, cby, sx, sy, c0, pixel_scale, b, q, lc, ls, cx, cy, g1, g2)
         for j in range(npix):
             for i in range(npix):
                 x0 = min(cbx[j, i], cbx[j, i + 1], cbx[j + 1, i], cbx[j + 1, i + 1])
@@ -348,42 +232,63 @@ def render_unit_arcs(lens: Lens, *, npix: int, pixel_scale: float, mode: np.ndar
 
     ``mode``: per stamp ``MODE_COSMOS`` or ``MODE_SERSIC``. Cosmos stamps use ``images[src_index]``
     (a bank, unit sum, ``image_scale`` arcsec/pix, one value or one per stamp (e.g. rescaled to
-    each source redshift); ``support`` from :func:`support_radius`, computed
-    here if omitted). Sersic stamps use ``sersic_n``, ``sersic_re`` (arcsec, circularised),
-    ``sersic_q``; ``src_phi`` is the position angle (rad, counter-clockwise from +x).
+    each source redshift); ``support`` from :func:`udfs.sources.bank.support_radius`, computed
+    here if omitted). Sersic stamps use ``sersic_n`` (within ``SERSIC_N_RANGE``), ``sersic_re``
+    (arcsec, circularised), ``sersic_q``; ``src_phi`` is the position angle (rad, counter-clockwise
+    from +x).
     """
     nb = len(lens)
     mode = np.broadcast_to(np.asarray(mode, dtype=np.int64), (nb,)).copy()
     if k < 1 or k_outer < 1:
-        raise ValueError("supersampling factors must be >= 1")
+        raise ParameterError("supersampling factors must be >= 1")
     lens_p = np.array([sie_kernel_params(lens.theta_e[i], lens.e1[i], lens.e2[i], lens.center_x[i],
                                          lens.center_y[i], lens.gamma1[i], lens.gamma2[i])
                        for i in range(nb)], dtype=np.float64).reshape(nb, 8)
     src_xy = np.stack([np.broadcast_to(np.asarray(v, dtype=np.float64), (nb,)) for v in (src_x, src_y)],
                       axis=-1)
     src_phi = np.broadcast_to(np.asarray(src_phi, dtype=np.float64), (nb,)).copy()
-    sersic_p = np.zeros((nb, 5))
     is_sersic = mode == MODE_SERSIC
-    if is_sersic.any():
-        n, re, q = (np.broadcast_to(np.asarray(v, dtype=np.float64), (nb,))
-                    for v in (sersic_n, sersic_re, sersic_q))
-        bad = is_sersic & ~((n >= 0.2) & (n <= 8) & (re > 0) & (q > 0) & (q <= 1))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"stamp {i}: Sersic needs 0.2 <= n <= 8, R_e > 0, 0 < q <= 1; "
+    sersic_p = _sersic_params(is_sersic, sersic_n, sersic_re, sersic_q)
+    src_index, images, image_scale, support = _cosmos_inputs(~is_sersic, src_index, images, image_scale, support)
+    out = np.empty((nb, npix, npix))
+    n_images = np.zeros(nb, dtype=np.int64)
+    _render_batch(out, n_images, lens_p, mode, src_xy, src_phi, src_index, images, image_scale,
+                  np.asarray(support, dtype=np.float64), sersic_p, float(pixel_scale), int(k), int(k_outer))
+    return out, n_images
+
+
+def _sersic_params(is_sersic: np.ndarray, sersic_n, sersic_re, sersic_q) -> np.ndarray:
+    """``(B, 5)`` kernel parameters ``(n, R_e, q, b_n, I_e)`` of the Sersic stamps (zeros elsewhere)."""
+    nb = len(is_sersic)
+    sersic_p = np.zeros((nb, 5))
+    if not is_sersic.any():
+        return sersic_p
+    n, re, q = (np.broadcast_to(np.asarray(v, dtype=np.float64), (nb,)) for v in (sersic_n, sersic_re, sersic_q))
+    lo, hi = SERSIC_N_RANGE
+    bad = is_sersic & ~((n >= lo) & (n <= hi) & (re > 0) & (q > 0) & (q <= 1))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ParameterError(f"stamp {i}: Sersic needs {lo} <= n <= {hi}, R_e > 0, 0 < q <= 1; "
                              f"got n={n[i]}, R_e={re[i]}, q={q[i]}")
-        sel = is_sersic
-        sersic_p[sel, 0], sersic_p[sel, 1], sersic_p[sel, 2] = n[sel], re[sel], q[sel]
-        sersic_p[sel, 3] = sersic_bn(n[sel])
-        sersic_p[sel, 4] = sersic_ie(n[sel], re[sel])
-    if (~is_sersic).any():
+    sel = is_sersic
+    sersic_p[sel, 0], sersic_p[sel, 1], sersic_p[sel, 2] = n[sel], re[sel], q[sel]
+    sersic_p[sel, 3] = sersic_bn(n[sel])
+    sersic_p[sel, 4] = sersic_ie(n[sel], re[sel])
+    return sersic_p
+
+
+def _cosmos_inputs(is_cosmos: np.ndarray, src_index, images, image_scale, support):
+    """``(src_index, images, image_scale, support)`` for the kernel, checked; placeholders when no
+    stamp is a cosmos stamp."""
+    nb = len(is_cosmos)
+    if is_cosmos.any():
         if images is None or image_scale is None:
-            raise ValueError("cosmos sources need the bank images and their pixel scale")
+            raise ParameterError("cosmos sources need the bank images and their pixel scale")
         src_index = np.broadcast_to(np.asarray(src_index, dtype=np.int64), (nb,)).copy()
-        bad = ~is_sersic & ((src_index < 0) | (src_index >= images.shape[0]))
+        bad = is_cosmos & ((src_index < 0) | (src_index >= images.shape[0]))
         if bad.any():
-            raise IndexError(f"source index {int(src_index[bad][0])} out of range: the bank holds "
-                             f"{images.shape[0]} galaxies")
+            raise ParameterError(f"source index {int(src_index[bad][0])} out of range: the bank holds "
+                                 f"{images.shape[0]} galaxies")
         if support is None:
             support = support_radius(images)
     else:
@@ -391,11 +296,7 @@ def render_unit_arcs(lens: Lens, *, npix: int, pixel_scale: float, mode: np.ndar
         image_scale = 1.0
         support = np.zeros(1)
         src_index = np.zeros(nb, dtype=np.int64)
-    out = np.empty((nb, npix, npix))
-    n_images = np.zeros(nb, dtype=np.int64)
     image_scale = np.broadcast_to(np.asarray(image_scale, dtype=np.float64), (nb,)).copy()
     if not np.all(image_scale > 0):
-        raise ValueError("source image pixel scales must be > 0")
-    _render_batch(out, n_images, lens_p, mode, src_xy, src_phi, src_index, images, image_scale,
-                  np.asarray(support, dtype=np.float64), sersic_p, float(pixel_scale), int(k), int(k_outer))
-    return out, n_images
+        raise ParameterError("source image pixel scales must be > 0")
+    return src_index, images, image_scale, support

@@ -9,11 +9,14 @@ Layout (written by ``jobs.cosmos_source_loader``):
   ``g_r``, ``r_z``, Sersic twin ``sersic_n``, ``sersic_hlr_arcsec``, ``sersic_q``,
   ``sersic_phi_rad``, morphology statistics, ...).
 
-Executors load it once (``load_bank`` is cached per path) and pass plain arrays to the renderer.
+Executors load it once (``load_bank`` is cached per path) and pass plain arrays to the renderer;
+the driver reads only :func:`read_bank_info` (attributes, sizes and meta column names, never the
+images).
 """
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 
@@ -21,6 +24,25 @@ import h5py
 import numpy as np
 
 from udfs.io import storage
+from udfs.io.errors import InputError
+
+
+class BankError(InputError):
+    """A source bank file is unreadable or not in the bank layout, or a row index lies outside it."""
+
+
+def support_radius(images: np.ndarray) -> np.ndarray:
+    """Radius (image pixels) around the image centre beyond which each bank image's interpolant
+    is zero."""
+    n = images.shape[-1]
+    c = (n - 1) / 2.0
+    yy, xx = np.mgrid[0:n, 0:n]
+    r = np.hypot(xx - c, yy - c) + math.sqrt(2.0)  # bilinear taper reaches one pixel beyond
+    out = np.empty(images.shape[0])
+    for i, img in enumerate(images):
+        nz = img != 0
+        out[i] = r[nz].max() if nz.any() else 0.0
+    return out
 
 
 @dataclass(frozen=True)
@@ -36,36 +58,76 @@ class SourceBank:
     @cached_property
     def support_pix(self) -> np.ndarray:
         """Per image, the radius (image pixels) beyond which it is zero (for the renderer)."""
-        from udfs.lensing.render import support_radius
-
         return support_radius(self.images)
 
     def check_index(self, index: int) -> int:
         if not 0 <= int(index) < len(self):
-            raise IndexError(f"source index {index} out of range: the bank holds {len(self)} galaxies")
+            raise BankError(f"source index {index} out of range: the bank holds {len(self)} galaxies")
         return int(index)
+
+
+def _attrs(f: h5py.File) -> dict[str, object]:
+    return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+
+
+def _open(source, name: str) -> h5py.File:
+    """The bank as an open, layout-checked HDF5 file: a path or URI is read whole (one request), a
+    file object is read by seeking in it."""
+    try:
+        f = h5py.File(io.BytesIO(storage.read_bytes(source)) if isinstance(source, str) else source, "r")
+    except (OSError, FileNotFoundError) as exc:
+        raise BankError(f"{name}: not a readable HDF5 source bank ({exc})") from exc
+    if "images" not in f or "pixel_scale_arcsec" not in f.attrs:
+        problem = "not a source bank (needs dataset 'images' and attribute 'pixel_scale_arcsec')"
+    elif len(f["images"].shape) != 3 or f["images"].shape[1] != f["images"].shape[2]:
+        problem = f"'images' must be (N, S, S), got {f['images'].shape}"
+    elif not float(f.attrs["pixel_scale_arcsec"]) > 0:
+        problem = f"pixel_scale_arcsec must be > 0, got {float(f.attrs['pixel_scale_arcsec'])}"
+    else:
+        return f
+    f.close()
+    raise BankError(f"{name}: {problem}")
 
 
 def read_bank(source: str | io.BytesIO) -> SourceBank:
     """Read a bank from a local path, an ``s3://`` URI or a file object; validate its layout."""
     name = source if isinstance(source, str) else "<bank>"
-    try:
-        f = h5py.File(io.BytesIO(storage.read_bytes(source)) if isinstance(source, str) else source, "r")
-    except (OSError, FileNotFoundError) as exc:
-        raise ValueError(f"{name}: not a readable HDF5 source bank ({exc})") from exc
-    with f:
-        if "images" not in f or "pixel_scale_arcsec" not in f.attrs:
-            raise ValueError(f"{name}: not a source bank (needs dataset 'images' and attribute "
-                             "'pixel_scale_arcsec')")
+    with _open(source, name) as f:
         images = f["images"][...].astype(np.float32, copy=False)
-        if images.ndim != 3 or images.shape[1] != images.shape[2]:
-            raise ValueError(f"{name}: 'images' must be (N, S, S), got {images.shape}")
         meta = {k: v[...] for k, v in f["meta"].items()} if "meta" in f else {}
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        scale = float(f.attrs["pixel_scale_arcsec"])
-    if not scale > 0:
-        raise ValueError(f"{name}: pixel_scale_arcsec must be > 0, got {scale}")
-    return SourceBank(images=images, pixel_scale=scale, meta=meta, attrs=attrs)
+        return SourceBank(images=images, pixel_scale=float(f.attrs["pixel_scale_arcsec"]), meta=meta,
+                          attrs=_attrs(f))
+
+
+@dataclass(frozen=True)
+class BankInfo:
+    """What the driver needs to know of a bank: its size, layout and provenance, not its pixels."""
+    uri: str
+    size: int                     # number of galaxies N
+    image_size: int               # S: images are (S, S)
+    pixel_scale: float            # arcsec / pixel
+    meta_columns: tuple[str, ...]
+    attrs: dict[str, object]
+
+    def check_meta(self, columns) -> None:
+        """Raise :class:`BankError` naming the first of ``columns`` the bank's ``meta`` lacks."""
+        for col in columns:
+            if col not in self.meta_columns:
+                raise BankError(f"{self.uri}: bank meta lacks column {col!r}")
+
+
+def read_bank_info(uri: str) -> BankInfo:
+    """The bank's size, attributes and meta column names, read by seeking in the HDF5 file (local
+    or ``s3://``): the image and meta datasets are never read."""
+    try:
+        raw = storage.open_input(uri)
+    except FileNotFoundError as exc:
+        raise BankError(f"{uri}: not a readable HDF5 source bank ({exc})") from exc
+    with raw, _open(raw, uri) as f:
+        n, s, _ = f["images"].shape
+        columns = tuple(f["meta"].keys()) if "meta" in f else ()
+        return BankInfo(uri=uri, size=int(n), image_size=int(s), pixel_scale=float(f.attrs["pixel_scale_arcsec"]),
+                        meta_columns=columns, attrs=_attrs(f))
 
 
 @lru_cache(maxsize=2)

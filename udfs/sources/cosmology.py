@@ -2,7 +2,7 @@
 
 A galaxy of fixed physical size seen at ``z_new`` instead of its photo-z ``z_old`` subtends an angle
 smaller by ``D_A(z_old) / D_A(z_new)`` (angular-diameter distances). The injection step multiplies
-the bank's ``pixel_scale_arcsec`` (and any angular size) by this factor. The cosmology is named in
+the bank image's angular size (and any angular size) by this factor. The cosmology is named in
 the bank's config (``cosmology``), one of astropy's built-in realisations (e.g. ``Planck18``).
 """
 from __future__ import annotations
@@ -32,8 +32,3 @@ def angular_size_ratio(z_old, z_new, cosmology: str = "Planck18"):
     cosmo = get_cosmology(cosmology)
     ratio = (cosmo.angular_diameter_distance(z_old) / cosmo.angular_diameter_distance(z_new)).decompose().value
     return float(ratio) if np.ndim(ratio) == 0 else ratio
-
-
-def rescaled_pixel_scale(pixel_scale_arcsec: float, z_old, z_new, cosmology: str = "Planck18"):
-    """Pixel scale (arcsec) of a bank image once its galaxy is moved from ``z_old`` to ``z_new``."""
-    return pixel_scale_arcsec * angular_size_ratio(z_old, z_new, cosmology)

@@ -7,7 +7,8 @@ Two layouts are read:
   shape holds the inverse variance.
 - ``per_band``: image HDUs ``IMAGE_G``, ``IMAGE_R``, ... with optional ``INVVAR_G``, ...
 
-Pixels are nanomaggies; the pixel scale comes from the (celestial) TAN WCS.
+Pixels are nanomaggies; the pixel scale comes from the (celestial) TAN WCS. A file that cannot
+serve (unreadable, a band missing, no WCS, ...) raises :class:`CutoutFileError` naming it.
 """
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
 
 from udfs.io import storage
+from udfs.io.errors import InputError
+from udfs.survey.bands import SURVEY_BANDS
+
+
+class CutoutFileError(InputError):
+    """A cutout FITS file that cannot be read or injected into; the message names the file."""
 
 
 @dataclass
@@ -43,28 +50,29 @@ def _wcs_scale(header: fits.Header, path: str) -> tuple[WCS, float]:
         warnings.simplefilter("ignore", FITSFixedWarning)
         wcs = WCS(header).celestial
     if not wcs.has_celestial:
-        raise ValueError(f"{path}: no celestial WCS in the image header")
+        raise CutoutFileError(f"{path}: no celestial WCS in the image header")
     sx, sy = proj_plane_pixel_scales(wcs) * 3600.0
     if not np.isclose(sx, sy, rtol=1e-3):
-        raise ValueError(f"{path}: non-square pixels ({sx:.4f} x {sy:.4f} arcsec)")
+        raise CutoutFileError(f"{path}: non-square pixels ({sx:.4f} x {sy:.4f} arcsec)")
     return wcs, float(0.5 * (sx + sy))
 
 
-def read_cutout(path: str, bands: str = "grz") -> Cutout:
-    """Read ``path`` (local or s3://); raise ``ValueError`` naming the file and the problem."""
+def read_cutout(path: str, bands: str = SURVEY_BANDS) -> Cutout:
+    """Read ``path`` (local or s3://); raise :class:`CutoutFileError` naming the file and the problem."""
     try:
         hdul = fits.open(storage.open_input(path), lazy_load_hdus=False)
-    except FileNotFoundError:
-        raise
+    except FileNotFoundError as exc:  # storage's message names the file
+        raise CutoutFileError(str(exc)) from exc
     except OSError as exc:
-        raise ValueError(f"{path}: not a readable FITS file ({exc})") from exc
+        raise CutoutFileError(f"{path}: not a readable FITS file ({exc})") from exc
     names = {h.name.upper(): h for h in hdul}
-    if any(f"IMAGE_{b.upper()}" in names for b in "grizy"):
+    per_band = [n[len("IMAGE_"):].lower() for n in names if n.startswith("IMAGE_") and len(n) == len("IMAGE_x")]
+    if per_band:
         layout = "per_band"
         missing = [b for b in bands if f"IMAGE_{b.upper()}" not in names]
         if missing:
-            have = "".join(b for b in "grizy" if f"IMAGE_{b.upper()}" in names)
-            raise ValueError(f"{path}: missing band(s) {''.join(missing)} (file has IMAGE_ HDUs for {have})")
+            have = "".join(per_band)
+            raise CutoutFileError(f"{path}: missing band(s) {''.join(missing)} (file has IMAGE_ HDUs for {have})")
         image = np.stack([np.asarray(names[f"IMAGE_{b.upper()}"].data, dtype=np.float32) for b in bands])
         iv = [names.get(f"INVVAR_{b.upper()}") for b in bands]
         invvar = np.stack([np.asarray(h.data, dtype=np.float32) for h in iv]) if all(iv) else None
@@ -73,14 +81,14 @@ def read_cutout(path: str, bands: str = "grz") -> Cutout:
         cube = next((h for h in hdul if h.data is not None and h.data.ndim == 3
                      and h.name.upper() != "INVVAR"), None)
         if cube is None:
-            raise ValueError(f"{path}: neither a (bands, H, W) image cube nor IMAGE_<band> HDUs")
+            raise CutoutFileError(f"{path}: neither a (bands, H, W) image cube nor IMAGE_<band> HDUs")
         file_bands = str(cube.header.get("BANDS", "")).strip()
         if len(file_bands) != cube.data.shape[0]:
-            raise ValueError(f"{path}: BANDS keyword {file_bands!r} does not describe the "
+            raise CutoutFileError(f"{path}: BANDS keyword {file_bands!r} does not describe the "
                              f"{cube.data.shape[0]} planes of the cube")
         missing = [b for b in bands if b not in file_bands]
         if missing:
-            raise ValueError(f"{path}: missing band(s) {''.join(missing)} (BANDS = {file_bands!r})")
+            raise CutoutFileError(f"{path}: missing band(s) {''.join(missing)} (BANDS = {file_bands!r})")
         order = [file_bands.index(b) for b in bands]
         layout = "cube"
         image = np.asarray(cube.data, dtype=np.float32)[order]
@@ -88,12 +96,12 @@ def read_cutout(path: str, bands: str = "grz") -> Cutout:
         invvar = np.asarray(inv.data, dtype=np.float32)[order] if inv is not None else None
         header = cube.header
     if image.shape[-1] != image.shape[-2]:
-        raise ValueError(f"{path}: cutout must be square, got {image.shape[-2]} x {image.shape[-1]}")
+        raise CutoutFileError(f"{path}: cutout must be square, got {image.shape[-2]} x {image.shape[-1]}")
     if invvar is not None and invvar.shape != image.shape:
-        raise ValueError(f"{path}: invvar shape {invvar.shape} differs from image shape {image.shape}")
+        raise CutoutFileError(f"{path}: invvar shape {invvar.shape} differs from image shape {image.shape}")
     for b, band in enumerate(bands):
         if not np.isfinite(image[b]).any():
-            raise ValueError(f"{path}: band {band} has no finite pixel (all NaN/inf)")
+            raise CutoutFileError(f"{path}: band {band} has no finite pixel (all NaN/inf)")
     wcs, scale = _wcs_scale(header, path)
     return Cutout(path, layout, bands, image, invvar, wcs, scale, hdul)
 
@@ -105,7 +113,7 @@ def lens_centre_offset(cutout: Cutout, ra: float, dec: float) -> tuple[float, fl
     x, y = (float(px) - c) * cutout.pixel_scale, (float(py) - c) * cutout.pixel_scale
     half = cutout.npix / 2.0 * cutout.pixel_scale
     if not (abs(x) < half and abs(y) < half):
-        raise ValueError(f"{cutout.path}: RA, Dec ({ra}, {dec}) lies off the cutout")
+        raise CutoutFileError(f"{cutout.path}: RA, Dec ({ra}, {dec}) lies off the cutout")
     return x, y
 
 

@@ -1,6 +1,7 @@
 """Stage 5 transform: manifest tasks joined with their cutouts -> training stamps (pure pandas).
 
-``inject_tasks`` is what the Spark job's ``mapInPandas`` calls on each batch. Per row:
+:func:`inject_partition` is the Spark task body (``mapInPandas``); it calls :func:`inject_tasks` on
+each batch, which returns a new frame with the columns of :mod:`udfs.schemas.stamps`. Per row:
 
 - the cutout failed (``cutout_ok`` false): the stamp fails with ``fail_reason = 'cutout:<reason>'``,
   for injected and control rows alike, pixels null (never zeros);
@@ -24,26 +25,28 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from udfs.config.checker import Checker, load_yaml
+from udfs.config.provenance import REPO_ROOT
+from udfs.io import storage
 from udfs.lensing.arc_metrics import CORE_RADIUS_ARCSEC
-from udfs.sources.cosmology import angular_size_ratio
 from udfs.lensing.arcs import Sources, inject, render_arcs
 from udfs.lensing.lens_model import Lens
-from udfs.io import storage
-from udfs.survey.psf import psf_kernel, psfex_kernel
+from udfs.schemas import stamps as schema
 from udfs.sources.bank import SourceBank
-from udfs.config.checker import Checker, load_yaml
+from udfs.sources.cosmology import angular_size_ratio
+from udfs.survey.bands import SURVEY_BANDS, check_bands
+from udfs.survey.psf import psf_kernel, psfex_kernel
 
-TRUTH = ["theta_e", "lens_e1", "lens_e2", "shear_g1", "shear_g2", "src_x", "src_y", "src_phi",
-         "src_mode", "src_index", "src_z", "src_mag_g", "src_mag_r", "src_mag_z", "sersic_n",
-         "sersic_re_arcsec", "sersic_q", "sersic_phi", "src_size_scale", "src_zphot", "src_gini", "src_m20",
-         "src_clumpiness", "src_hlr_arcsec"]
-METRICS = ["magnification", "n_images", "core_flux_frac", "arc_snr"]
+DEFAULT_CONFIG = str(REPO_ROOT / "conf" / "injection.yaml")
+#: bank meta columns the injection reads (colours, photo-z, Sersic twin, morphology)
+BANK_COLUMNS = ("g_r", "r_z", "zphot", "sersic_n", "sersic_hlr_arcsec", "sersic_q", "sersic_phi_rad",
+                "gini", "m20", "clumpiness", "hlr_arcsec")
 
 
 @dataclass(frozen=True)
 class InjectionSettings:
     """``conf/injection.yaml``: how arcs are rendered and added."""
-    bands: str = "grz"
+    bands: str = SURVEY_BANDS
     pixel_scale: float = 0.262          # arcsec / pixel of the cutouts
     supersampling: int = 8
     psf_model: str = "gaussian"         # gaussian | moffat | psfex
@@ -68,8 +71,9 @@ def load_settings(uri: str) -> InjectionSettings:
     if model not in ("gaussian", "moffat", "psfex"):
         raise c.fail("psf_model", f"expected 'gaussian', 'moffat' or 'psfex', got {model!r}")
     bands = c.get(raw, "bands", "bands")
-    if not (isinstance(bands, str) and bands and set(bands) <= set("grz")):
-        raise c.fail("bands", f"expected a string of bands from 'grz', got {bands!r}")
+    problem = check_bands(bands)
+    if problem:
+        raise c.fail("bands", problem)
     files = c.get(raw, "psfex_files", "psfex_files")
     if model == "psfex":
         if not isinstance(files, dict) or set(files) != set(bands):
@@ -134,58 +138,75 @@ def inject_tasks(pdf: pd.DataFrame, bank: SourceBank, settings: InjectionSetting
     """Stamps for a batch of manifest rows joined with cutout columns (see module doc).
 
     Cutout columns arrive prefixed ``cutout_`` for ``ok``/``fail_reason``; pixel columns are
-    ``image``, ``invvar`` (band-major flattened) and ``maskbits``.
+    ``image``, ``invvar`` (band-major flattened) and ``maskbits``. Returns a new frame (``pdf`` is
+    left as it is) with every column of :mod:`udfs.schemas.stamps` but the provenance.
     """
     bands, n = settings.bands, stamp_size
     out = pdf.copy()
-    out["ok"] = True
-    out["fail_reason"] = None
-    for col in TRUTH + METRICS + [f"{p}_{b}" for p in ("arc_flux", "arc_snr", "gain", "psfdepth") for b in bands]:
+    filled = schema.truth_fields(bands) + schema.condition_fields(bands) + schema.metric_fields(bands)
+    for col, _, _ in filled:
         if col not in out:
             out[col] = None
-    out["arc"] = None
-    ctrl = out["is_control"].to_numpy(dtype=bool)
-
-    reasons = []
-    for i, row in enumerate(out.itertuples(index=False)):
-        r = row._asdict()
-        reason = None if r["cutout_ok"] else f"cutout:{r['cutout_fail_reason']}"
-        reason = reason or _psf_reason(r, bands)
-        if reason is None and not ctrl[i]:
-            reason = _arc_reason(r, bank)
-        reasons.append(reason)
+    reasons = _fail_reasons(out, bank, bands)
     failed = np.array([x is not None for x in reasons])
     out["ok"] = ~failed
     out["fail_reason"] = reasons
     for col in ("image", "invvar", "maskbits"):
         out.loc[failed, col] = None
-
+    out["arc"] = None
     good = np.flatnonzero(~failed)
-    if len(good):
-        images = _pixels(out["image"].to_numpy()[good], (len(bands), n, n))
-        invvar = _pixels(out["invvar"].to_numpy()[good], (len(bands), n, n))
-        kernels = [_kernels(settings, [float(out[f"psf_fwhm_{b}"].iat[g]) for b in bands]) for g in good]
-        for k, b in enumerate(bands):  # point-source depth implied by the cutout's invvar
-            nea = np.array([1.0 / np.sum(kern[k] ** 2) for kern in kernels])
-            out.loc[out.index[good], f"psfdepth_{b}"] = np.median(invvar[:, k], axis=(1, 2)) / nea
-        arcs = np.zeros_like(images)
-        inj = np.flatnonzero(~ctrl[good])
-        if len(inj):
-            rows = out.iloc[good[inj]]
-            arcs[inj], injected = _inject(rows, images[inj], invvar[inj],
-                                          [kernels[j] for j in inj], bank, settings, n, cosmology, out)
-            images[inj] = injected
-        out["image"] = pd.Series([None] * len(out), dtype=object, index=out.index)
-        out["arc"] = pd.Series([None] * len(out), dtype=object, index=out.index)
+    if not len(good):
+        return out
+    images = _pixels(out["image"].to_numpy()[good], (len(bands), n, n))
+    invvar = _pixels(out["invvar"].to_numpy()[good], (len(bands), n, n))
+    kernels = [_kernels(settings, [float(out[f"psf_fwhm_{b}"].iat[g]) for b in bands]) for g in good]
+    for k, b in enumerate(bands):  # point-source depth implied by the cutout's invvar
+        nea = np.array([1.0 / np.sum(kern[k] ** 2) for kern in kernels])
+        out.loc[out.index[good], f"psfdepth_{b}"] = np.median(invvar[:, k], axis=(1, 2)) / nea
+    arcs = np.zeros_like(images)
+    inj = np.flatnonzero(~out["is_control"].to_numpy(dtype=bool)[good])
+    if len(inj):
+        rows = out.iloc[good[inj]]
+        arcs[inj], images[inj], truth = _inject(rows, images[inj], invvar[inj], [kernels[j] for j in inj],
+                                                bank, settings, n, cosmology)
+        for col, values in truth.items():
+            out.loc[rows.index, col] = values
+    for col, pixels in (("image", images), ("arc", arcs)):
+        values = [None] * len(out)
         for j, g in enumerate(good):
-            out.iat[g, out.columns.get_loc("image")] = images[j].ravel()
-            out.iat[g, out.columns.get_loc("arc")] = arcs[j].ravel()
+            values[g] = pixels[j].ravel()
+        out[col] = pd.Series(values, dtype=object, index=out.index)
     return out
 
 
-def _inject(rows: pd.DataFrame, images, invvar, kernels, bank: SourceBank, settings, n,
-            cosmology, out: pd.DataFrame):
-    """Render and add arcs for the injected rows; writes truth and metrics into ``out``."""
+def _fail_reasons(out: pd.DataFrame, bank: SourceBank, bands: str) -> list[str | None]:
+    """Per row: why its stamp fails (cutout, PSF, or for injected rows an arc parameter), else None."""
+    reasons = []
+    for r in out.to_dict("records"):
+        reason = None if r["cutout_ok"] else f"cutout:{r['cutout_fail_reason']}"
+        reason = reason or _psf_reason(r, bands)
+        if reason is None and not r["is_control"]:
+            reason = _arc_reason(r, bank)
+        reasons.append(reason)
+    return reasons
+
+
+def _sersic(rows: pd.DataFrame, meta: dict, idx: np.ndarray, size_scale: np.ndarray) -> dict:
+    """Sersic parameters: the manifest's where given, else the bank row's twin (its size moved to
+    src_z like the image, its angle turned with the image by src_phi)."""
+    twin = {"sersic_n": meta["sersic_n"][idx], "sersic_q": meta["sersic_q"][idx],
+            "sersic_re_arcsec": meta["sersic_hlr_arcsec"][idx] * size_scale,
+            "sersic_phi": meta["sersic_phi_rad"][idx] + rows["src_phi"].to_numpy(float)}
+    out = {}
+    for col, twin_value in twin.items():
+        given = pd.to_numeric(rows[col], errors="coerce").to_numpy(float) if col in rows else np.full(len(rows), np.nan)
+        out[col] = np.where(np.isnan(given), twin_value, given)
+    return out
+
+
+def _inject(rows: pd.DataFrame, images, invvar, kernels, bank: SourceBank, settings, n, cosmology):
+    """Render and add arcs for the injected ``rows``: ``(arcs, injected images, truth and metrics)``,
+    the last a dict of per-row arrays keyed by stamp column."""
     idx = rows["src_index"].to_numpy(dtype=np.int64)
     meta = bank.meta
     mag_r = rows["src_mag_r"].to_numpy(dtype=float)
@@ -196,16 +217,7 @@ def _inject(rows: pd.DataFrame, images, invvar, kernels, bank: SourceBank, setti
     if settings.rescale_to_src_z:
         size_scale = np.asarray(angular_size_ratio(zphot, rows["src_z"].to_numpy(dtype=float), cosmology),
                                 dtype=float).reshape(-1)
-    src_phi = rows["src_phi"].to_numpy(float)
-    # Sersic parameters: the manifest's where given, else the bank row's twin (its size moved to
-    # src_z like the image, its angle turned with the image by src_phi)
-    twin = {"sersic_n": meta["sersic_n"][idx], "sersic_q": meta["sersic_q"][idx],
-            "sersic_re_arcsec": meta["sersic_hlr_arcsec"][idx] * size_scale,
-            "sersic_phi": meta["sersic_phi_rad"][idx] + src_phi}
-    sers = {}
-    for col, twin_value in twin.items():
-        given = pd.to_numeric(rows[col], errors="coerce").to_numpy(float) if col in rows else np.full(len(rows), np.nan)
-        sers[col] = np.where(np.isnan(given), twin_value, given)
+    sers = _sersic(rows, meta, idx, size_scale)
     # the lens sits on the target: the cutout centre (N-1)/2 plus the target's sub-pixel offset
     cx = rows["dx_pix"].to_numpy(float) * settings.pixel_scale
     cy = rows["dy_pix"].to_numpy(float) * settings.pixel_scale
@@ -214,7 +226,7 @@ def _inject(rows: pd.DataFrame, images, invvar, kernels, bank: SourceBank, setti
                      rows["shear_g2"].to_numpy(float))
     sources = Sources(mode=rows["src_mode"].to_numpy(), x=cx + rows["src_x"].to_numpy(float),
                       y=cy + rows["src_y"].to_numpy(float),
-                      phi=np.where(sersic, sers["sersic_phi"], src_phi),
+                      phi=np.where(sersic, sers["sersic_phi"], rows["src_phi"].to_numpy(float)),
                       mag=np.stack([mags[b] for b in settings.bands], axis=1), index=idx,
                       sersic_n=sers["sersic_n"], sersic_re=sers["sersic_re_arcsec"],
                       sersic_q=sers["sersic_q"], size_scale=size_scale)
@@ -222,16 +234,28 @@ def _inject(rows: pd.DataFrame, images, invvar, kernels, bank: SourceBank, setti
     seeds = rows["seed"].to_numpy(dtype=np.int64).astype(np.uint64)
     injected, _, metrics = inject(images, invvar, rendered, lens, settings.bands, settings.pixel_scale,
                                   seeds, noise=settings.arc_noise, core_radius=settings.core_radius_arcsec)
-    where = rows.index
-    for b in settings.bands:
-        out.loc[where, f"src_mag_{b}"] = mags[b]
-    out.loc[where, "src_size_scale"] = size_scale
-    out.loc[where, "src_zphot"] = zphot
+    truth = {f"src_mag_{b}": mags[b] for b in settings.bands}
+    truth.update(src_size_scale=size_scale, src_zphot=zphot)
     for col, bank_col in (("src_gini", "gini"), ("src_m20", "m20"), ("src_clumpiness", "clumpiness"),
                           ("src_hlr_arcsec", "hlr_arcsec")):
-        out.loc[where, col] = meta[bank_col][idx] * (size_scale if col == "src_hlr_arcsec" else 1.0)
+        truth[col] = meta[bank_col][idx] * (size_scale if col == "src_hlr_arcsec" else 1.0)
     for col in ("sersic_n", "sersic_re_arcsec", "sersic_q", "sersic_phi"):
-        out.loc[where, col] = np.where(sersic, sers[col], np.nan)
-    for key, values in metrics.items():
-        out.loc[where, key] = values
-    return rendered.arcs.astype(np.float32), injected
+        truth[col] = np.where(sersic, sers[col], np.nan)
+    return rendered.arcs.astype(np.float32), injected, {**truth, **metrics}
+
+
+def inject_partition(batches, bank_uri: str, settings: InjectionSettings, stamp_size: int,
+                     cosmology: str, provenance: dict[str, str]):
+    """The stage-5 Spark task body (``mapInPandas``): manifest rows left-joined with their cutouts
+    (``cutout_ok``/``cutout_fail_reason``; no cutout = failed with reason ``missing``) -> stamp rows
+    in :func:`udfs.schemas.stamps.columns` order, ``provenance`` columns set on every row. The bank
+    is loaded once per Python worker."""
+    from udfs.sources.bank import load_bank
+
+    bank = load_bank(bank_uri)
+    names = schema.columns(settings.bands)
+    for pdf in batches:
+        pdf = pdf.assign(cutout_ok=pdf["cutout_ok"].fillna(False).astype(bool))
+        pdf.loc[pdf["cutout_fail_reason"].isna() & ~pdf["cutout_ok"], "cutout_fail_reason"] = "missing"
+        out = inject_tasks(pdf, bank, settings, stamp_size, cosmology)
+        yield out.assign(**provenance)[names]

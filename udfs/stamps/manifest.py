@@ -1,7 +1,8 @@
 """Stage 3 logic: targets x configs x replicates -> injection tasks (+ paired controls).
 
-Config (``conf/injection_priors.yaml``, validated by :func:`parse_config`): ``defaults`` holds the
-priors, each entry of ``configs`` overrides some of them and is one "config" of the manifest.
+Config: :mod:`udfs.stamps.priors` (``conf/injection_priors.yaml``). Columns:
+:mod:`udfs.schemas.manifest`. Output: ``<root>/<manifest_hash>/`` with ``_manifest.json``
+(:func:`resolve_manifest` finds it for the next stage).
 
 Per task:
 
@@ -34,222 +35,25 @@ Per task:
 """
 from __future__ import annotations
 
-import copy
 import hashlib
-import math
-from dataclasses import dataclass
+import json
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
+import pyarrow.fs as pafs
 
 from udfs.config.provenance import config_hash
-from udfs.config.checker import Checker, load_yaml
+from udfs.io import storage
+from udfs.io.datasets import DatasetError
+from udfs.schemas.manifest import ARC_COLUMNS, MANIFEST_SCHEMA, SUMMARY_FILE, WHAT
+from udfs.schemas.targets import MANIFEST_INPUT_COLUMNS
+from udfs.sources.bank import BankError, read_bank_info
+from udfs.stamps.priors import COMMON_PARAMS, SERSIC_PARAMS, InjectionConfig, ManifestPlan
 
-SRC_MODES = ("cosmos", "sersic")
-# Physical support of each sampled parameter: (low, high, low_open).
-SUPPORT = {
-    "theta_e": (0.0, 10.0, True),
-    "lens_q": (0.0, 1.0, True),
-    "shear_gamma": (0.0, 0.5, False),
-    "src_mag_r": (10.0, 35.0, False),
-    "src_z": (0.0, 20.0, True),
-    "sersic_n": (0.3, 6.2, False),           # GalSim's Sersic range
-    "sersic_re_arcsec": (0.0, 10.0, True),
-    "sersic_q": (0.0, 1.0, True),
-}
-SERSIC_PARAMS = ("sersic_n", "sersic_re_arcsec", "sersic_q")
-COMMON_PARAMS = ("theta_e", "lens_q", "shear_gamma", "src_mag_r", "src_z")
 # Random stream of each sampled quantity: fixed forever (changing one changes every manifest).
 STREAM = {"theta_e": 1, "lens_q": 2, "lens_phi": 3, "shear_gamma": 4, "shear_phi": 5, "src_r": 6,
           "src_angle": 7, "src_index": 8, "src_phi": 9, "src_mag_r": 10, "src_z": 11, "sersic_n": 12,
           "sersic_re_arcsec": 13, "sersic_q": 14, "sersic_phi": 15}
-TARGET_COLUMNS = ("target_id", "ra", "dec", "brickname", "split", "psf_fwhm_g", "psf_fwhm_r", "psf_fwhm_z")
-ARC_COLUMNS = ("theta_e", "lens_q", "lens_phi", "lens_e1", "lens_e2", "shear_gamma", "shear_phi",
-               "shear_g1", "shear_g2", "src_x", "src_y", "src_mode", "src_index", "src_phi",
-               "src_mag_r", "src_z", "sersic_n", "sersic_re_arcsec", "sersic_q", "sersic_phi")
-
-MANIFEST_SCHEMA = pa.schema([
-    ("task_id", pa.string()), ("target_id", pa.string()), ("ra", pa.float64()), ("dec", pa.float64()),
-    ("brickname", pa.string()), ("split", pa.string()), ("is_control", pa.bool_()),
-    ("pair_id", pa.string()), ("seed", pa.int64()), ("config_hash", pa.string()),
-    ("config_name", pa.string()), ("replicate", pa.int32()),
-    ("theta_e", pa.float64()), ("lens_q", pa.float64()), ("lens_phi", pa.float64()),
-    ("lens_e1", pa.float64()), ("lens_e2", pa.float64()),
-    ("shear_gamma", pa.float64()), ("shear_phi", pa.float64()),
-    ("shear_g1", pa.float64()), ("shear_g2", pa.float64()),
-    ("src_x", pa.float64()), ("src_y", pa.float64()), ("src_mode", pa.string()),
-    ("src_index", pa.int32()), ("src_phi", pa.float64()), ("src_mag_r", pa.float64()),
-    ("src_z", pa.float64()),
-    ("sersic_n", pa.float64()), ("sersic_re_arcsec", pa.float64()), ("sersic_q", pa.float64()),
-    ("sersic_phi", pa.float64()),
-    ("psf_fwhm_g", pa.float64()), ("psf_fwhm_r", pa.float64()), ("psf_fwhm_z", pa.float64()),
-    ("bank_size", pa.int32()), ("manifest_version", pa.string()), ("code_version", pa.string()),
-])
-
-
-@dataclass(frozen=True)
-class Prior:
-    """A 1-D prior: uniform(low, high), loguniform(low, high), normal(mean, sigma) truncated to
-    [low, high] (either may be null), or fixed(value)."""
-    dist: str
-    params: dict
-
-    def ppf(self, u: np.ndarray) -> np.ndarray:
-        p = self.params
-        if self.dist == "uniform":
-            return p["low"] + u * (p["high"] - p["low"])
-        if self.dist == "loguniform":
-            return np.exp(math.log(p["low"]) + u * (math.log(p["high"]) - math.log(p["low"])))
-        if self.dist == "normal":
-            from scipy.stats import truncnorm
-
-            a, b = self._ab()
-            return truncnorm.ppf(u, a, b, loc=p["mean"], scale=p["sigma"])
-        return np.full(len(u), float(p["value"]))
-
-    def _ab(self) -> tuple[float, float]:
-        p = self.params
-        lo = -np.inf if p.get("low") is None else (p["low"] - p["mean"]) / p["sigma"]
-        hi = np.inf if p.get("high") is None else (p["high"] - p["mean"]) / p["sigma"]
-        return lo, hi
-
-    def bounds(self) -> tuple[float, float]:
-        p = self.params
-        if self.dist == "fixed":
-            return p["value"], p["value"]
-        lo, hi = p.get("low"), p.get("high")
-        return (-np.inf if lo is None else lo), (np.inf if hi is None else hi)
-
-
-@dataclass(frozen=True)
-class InjectionConfig:
-    name: str
-    src_mode: str
-    priors: dict[str, Prior]
-    r_min_over_theta_e: float
-    r_max_over_theta_e: float
-    merged: dict                          # validated mapping of this config (hashed)
-    ablation_of: str | None = None        # draw every parameter as this (earlier) config does
-
-
-@dataclass(frozen=True)
-class ManifestPlan:
-    version: str
-    replicates: int
-    paired_controls: bool
-    bank_size: int | None                 # from the config; --bank overrides
-    n_buckets: int
-    configs: tuple[InjectionConfig, ...]
-    raw: dict
-
-
-def load_config(uri: str) -> ManifestPlan:
-    return parse_config(load_yaml(uri), uri)
-
-
-def _prior(c: Checker, spec, key: str, name: str) -> Prior:
-    if not isinstance(spec, dict):
-        raise c.fail(key, f"expected a mapping with 'dist', got {spec!r}")
-    dist = c.string(spec, "dist", f"{key}.dist", choices=("uniform", "loguniform", "normal", "fixed"))
-    lo_s, hi_s, lo_open = SUPPORT[name]
-    if dist == "fixed":
-        c.unknown(spec, {"dist", "value"}, key)
-        params = {"value": c.number(spec, "value", f"{key}.value", lo=lo_s, hi=hi_s, lo_open=lo_open)}
-    elif dist in ("uniform", "loguniform"):
-        c.unknown(spec, {"dist", "low", "high"}, key)
-        lo_s = max(lo_s, 0.0) if dist == "loguniform" else lo_s
-        params = {"low": c.number(spec, "low", f"{key}.low", lo=lo_s, hi=hi_s,
-                                  lo_open=lo_open or dist == "loguniform"),
-                  "high": c.number(spec, "high", f"{key}.high", lo=lo_s, hi=hi_s, lo_open=lo_open)}
-        if params["low"] >= params["high"]:
-            raise c.fail(key, f"low ({params['low']}) must be below high ({params['high']})")
-    else:
-        c.unknown(spec, {"dist", "mean", "sigma", "low", "high"}, key)
-        params = {"mean": c.number(spec, "mean", f"{key}.mean"),
-                  "sigma": c.number(spec, "sigma", f"{key}.sigma", lo=0, lo_open=True),
-                  "low": c.number(spec, "low", f"{key}.low", lo=lo_s, hi=hi_s, lo_open=lo_open),
-                  "high": c.number(spec, "high", f"{key}.high", lo=lo_s, hi=hi_s, lo_open=lo_open)}
-        if params["low"] >= params["high"]:
-            raise c.fail(key, f"low ({params['low']}) must be below high ({params['high']})")
-    return Prior(dist=dist, params=params)
-
-
-def parse_config(raw: dict, source: str = "<config>") -> ManifestPlan:
-    """Validate the priors config; every key is required and unknown keys are errors."""
-    c = Checker(source)
-    c.unknown(raw, {"version", "replicates", "paired_controls", "bank_size", "n_buckets", "defaults",
-                    "configs"}, "")
-    version = c.string(raw, "version", "version")
-    replicates = c.integer(raw, "replicates", "replicates", lo=1)
-    paired = c.boolean(raw, "paired_controls", "paired_controls")
-    bank_size = c.get(raw, "bank_size", "bank_size")
-    if bank_size is not None:
-        bank_size = c.integer(raw, "bank_size", "bank_size", lo=1)
-    n_buckets = c.integer(raw, "n_buckets", "n_buckets", lo=1)
-    defaults = c.mapping(raw, "defaults", "defaults")
-    entries = c.get(raw, "configs", "configs")
-    if not isinstance(entries, list) or not entries:
-        raise c.fail("configs", "expected a non-empty list of configs (each with a 'name')")
-    allowed = {"src_mode", "src_position", *COMMON_PARAMS, *SERSIC_PARAMS}
-    c.unknown(defaults, allowed, "defaults")
-    configs, names = [], set()
-    for i, entry in enumerate(entries):
-        key = f"configs[{i}]"
-        if not isinstance(entry, dict):
-            raise c.fail(key, f"expected a mapping, got {entry!r}")
-        c.unknown(entry, allowed | {"name", "ablation_of"}, key)
-        name = c.string(entry, "name", f"{key}.name")
-        if name in names:
-            raise c.fail(f"{key}.name", f"duplicate config name {name!r}")
-        names.add(name)
-        if "ablation_of" in entry:
-            configs.append(_ablation(c, entry, key, configs))
-            continue
-        merged = copy.deepcopy(defaults)
-        merged.update(copy.deepcopy({k: v for k, v in entry.items() if k != "name"}))
-        where = lambda k: f"{key}.{k}" if k in entry else f"defaults.{k}"  # noqa: E731
-        mode = c.string(merged, "src_mode", where("src_mode"), choices=SRC_MODES)
-        params = COMMON_PARAMS + (SERSIC_PARAMS if mode == "sersic" else ())
-        priors = {p: _prior(c, c.get(merged, p, where(p)), where(p), p) for p in params}
-        pos = c.get(merged, "src_position", where("src_position"))
-        if not isinstance(pos, dict):
-            raise c.fail(where("src_position"), f"expected a mapping, got {pos!r}")
-        c.unknown(pos, {"r_min_over_theta_e", "r_max_over_theta_e"}, where("src_position"))
-        rmin = c.number(pos, "r_min_over_theta_e", where("src_position") + ".r_min_over_theta_e", lo=0)
-        rmax = c.number(pos, "r_max_over_theta_e", where("src_position") + ".r_max_over_theta_e",
-                        lo=0, hi=3, lo_open=True)
-        if rmin >= rmax:
-            raise c.fail(where("src_position"), f"r_min_over_theta_e ({rmin}) must be below r_max ({rmax})")
-        kept = {k: merged[k] for k in ("src_mode", "src_position", *params)}
-        configs.append(InjectionConfig(name=name, src_mode=mode, priors=priors, r_min_over_theta_e=rmin,
-                                       r_max_over_theta_e=rmax, merged={"name": name, **kept}))
-    return ManifestPlan(version=version, replicates=replicates, paired_controls=paired,
-                        bank_size=bank_size, n_buckets=n_buckets, configs=tuple(configs), raw=raw)
-
-
-def _ablation(c: Checker, entry: dict, key: str, earlier: list[InjectionConfig]) -> InjectionConfig:
-    """A config that repeats an earlier config's draws task for task, with another source mode.
-
-    ``{name: sersic_twin, ablation_of: cosmos, src_mode: sersic}``: each task takes the seed of the
-    referenced config's task (same target and replicate) to draw its parameters, so theta_E, lens,
-    shear, position, bank row, rotation, magnitude and redshift are identical; its own ``seed``
-    (noise) stays unique. Its Sersic parameters are null, so the injection step uses the bank row's
-    Sersic twin (same size, shape, brightness).
-    """
-    ref_name = c.string(entry, "ablation_of", f"{key}.ablation_of")
-    ref = next((cfg for cfg in earlier if cfg.name == ref_name and cfg.ablation_of is None), None)
-    if ref is None:
-        raise c.fail(f"{key}.ablation_of", f"no earlier (non-ablation) config named {ref_name!r}")
-    c.unknown(entry, {"name", "ablation_of", "src_mode"}, key)
-    mode = c.string(entry, "src_mode", f"{key}.src_mode", choices=SRC_MODES)
-    if mode == ref.src_mode:
-        raise c.fail(f"{key}.src_mode", f"an ablation must change the source mode of {ref_name!r} ({mode})")
-    merged = {"name": entry["name"], "ablation_of": ref.merged, "src_mode": mode}
-    return InjectionConfig(name=entry["name"], src_mode=mode, priors=ref.priors,
-                           r_min_over_theta_e=ref.r_min_over_theta_e,
-                           r_max_over_theta_e=ref.r_max_over_theta_e, merged=merged, ablation_of=ref_name)
-
 
 def config_hashes(plan: ManifestPlan, bank_size: int) -> list[str]:
     """The per-config hash that enters each task's seed."""
@@ -321,7 +125,7 @@ def build_tasks(targets: pd.DataFrame, plan: ManifestPlan, bank_size: int, chash
     parts: list[dict[str, np.ndarray]] = []
     n = len(targets)
     tid = targets["target_id"].astype(str).to_numpy()
-    base = {c: targets[c].to_numpy() for c in TARGET_COLUMNS}
+    base = {c: targets[c].to_numpy() for c in MANIFEST_INPUT_COLUMNS}
     hash_of = {cfg.name: chash for cfg, chash in zip(plan.configs, chashes)}
     for cfg, chash in zip(plan.configs, chashes):
         draw_hash = hash_of[cfg.ablation_of] if cfg.ablation_of else chash
@@ -352,6 +156,109 @@ def build_tasks(targets: pd.DataFrame, plan: ManifestPlan, bank_size: int, chash
     return pd.DataFrame(columns)
 
 
-def to_arrow(tasks: pd.DataFrame) -> pa.Table:
-    """Tasks as an Arrow table with the manifest schema (nulls stay nulls, not zeros)."""
-    return pa.Table.from_pandas(tasks, schema=MANIFEST_SCHEMA, preserve_index=False)
+def bank_size_of(plan: ManifestPlan, bank_uri: str | None, config_uri: str) -> tuple[int, str]:
+    """``(bank size, where it came from)``: the bank's row count (its images are not read) when
+    ``bank_uri`` is given, else the config's ``bank_size``."""
+    if bank_uri:
+        try:
+            size = read_bank_info(bank_uri).size
+        except BankError as exc:
+            raise BankError(f"--bank {bank_uri}: {exc}") from exc
+        if size < 1:
+            raise BankError(f"--bank {bank_uri}: the bank holds no galaxies")
+        return size, bank_uri
+    if plan.bank_size is None:
+        raise DatasetError(f"{config_uri}: bank_size: is null, so --bank PATH must give the source bank")
+    return plan.bank_size, f"{config_uri}: bank_size"
+
+
+def check_targets(uri: str, n_rows: int, duplicate: tuple[str, int] | None, nulls: dict[str, int]) -> None:
+    """Refuse targets whose ids repeat (seeds would repeat) or whose manifest columns hold nulls.
+
+    ``duplicate``: the first repeated ``(target_id, count)`` or None; ``nulls``: null count per column.
+    """
+    if duplicate is not None:
+        raise DatasetError(f"{uri}: column target_id: {duplicate[0]!r} occurs {duplicate[1]} times "
+                           "(seeds would repeat)")
+    bad = [c for c in MANIFEST_INPUT_COLUMNS if nulls.get(c)]
+    if bad:
+        raise DatasetError(f"{uri}: column {bad[0]}: {nulls[bad[0]]} null values")
+
+
+def check_location_free(location: str, fingerprint: str) -> None:
+    """Refuse to write into a manifest folder that holds this config's manifest of other targets."""
+    summary_uri = storage.join(location, SUMMARY_FILE)
+    if storage.exists(summary_uri):
+        previous = json.loads(storage.read_bytes(summary_uri))
+        if previous.get("targets_fingerprint") != fingerprint:
+            raise DatasetError(f"{location} already holds the manifest of this config for other targets "
+                               f"({previous.get('targets')}); choose another --output")
+
+
+def expected_rows(plan: ManifestPlan, n_targets: int) -> int:
+    """Rows the manifest of ``n_targets`` targets must have: targets x configs x replicates (x 2)."""
+    return n_targets * len(plan.configs) * plan.replicates * (2 if plan.paired_controls else 1)
+
+
+def count_line(plan: ManifestPlan, n_targets: int) -> str:
+    return (f"{n_targets} targets x {len(plan.configs)} configs x {plan.replicates} replicates"
+            + (" x 2 (paired controls)" if plan.paired_controls else ""))
+
+
+def manifest_report(plan: ManifestPlan, chashes: list[str], *, location: str, mhash: str, written: list[dict],
+                    n_targets: int, targets: str, fingerprint: str, bank_size: int, bank_source: str,
+                    code_version: str) -> dict:
+    """The ``_manifest.json`` record; raises RuntimeError if the rows written do not add up."""
+    n_rows = sum(r["rows"] for r in written)
+    if n_rows != expected_rows(plan, n_targets):
+        raise RuntimeError(f"manifest has {n_rows} rows, expected {expected_rows(plan, n_targets)} = "
+                           + count_line(plan, n_targets))
+    injected = n_targets * len(plan.configs) * plan.replicates
+    return {
+        "location": location, "manifest_hash": mhash, "rows": n_rows,
+        "injected": injected, "controls": n_rows - injected,
+        "targets": targets, "n_targets": n_targets, "targets_fingerprint": fingerprint,
+        "replicates": plan.replicates, "paired_controls": plan.paired_controls,
+        "configs": [{"name": c.name, "config_hash": h, "src_mode": c.src_mode}
+                    for c, h in zip(plan.configs, chashes)],
+        "bank_size": bank_size, "bank_size_from": bank_source, "version": plan.version,
+        "code_version": code_version, "config": plan.raw, "files": [r["path"] for r in written],
+    }
+
+
+def _listing(uri: str) -> tuple[list[str], bool]:
+    """``(sub-folders of uri, whether uri holds Parquet files itself)``, not recursing."""
+    fs, path = storage.resolve(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+    except OSError as exc:
+        raise DatasetError(f"{uri}: cannot list {WHAT} ({exc})") from exc
+    folders = sorted(storage.join(uri, i.base_name) for i in infos if i.type == pafs.FileType.Directory)
+    return folders, any(i.type == pafs.FileType.File and i.path.endswith(".parquet") for i in infos)
+
+
+def resolve_manifest(uri: str) -> str:
+    """The manifest dataset that ``uri`` names, for the next stage to read.
+
+    ``uri`` is either the manifest folder itself (it holds ``_manifest.json``, or Parquet files
+    directly: a copy of the dataset alone) or a root whose one ``<hash>/_manifest.json`` gives the
+    ``location``. A root holding several manifests is refused, naming them: they are never merged.
+    """
+    if storage.exists(storage.join(uri, SUMMARY_FILE)):
+        return uri
+    folders, has_files = _listing(uri)
+    found = [d for d in folders if storage.exists(storage.join(d, SUMMARY_FILE))]
+    if len(found) > 1:
+        raise DatasetError(f"{uri}: holds {len(found)} manifests ({', '.join(found)}): "
+                           "pass one of them as --manifest")
+    if found:
+        return json.loads(storage.read_bytes(storage.join(found[0], SUMMARY_FILE)))["location"]
+    if has_files:
+        return uri
+    raise DatasetError(f"{uri}: no {SUMMARY_FILE} here or in a folder below it (expected {WHAT})")
+
+
+def build_partition(batches, *, plan: ManifestPlan, bank_size: int, chashes: list[str], code_version: str):
+    """The stage-3 Spark task body (``mapInPandas``): target batches -> their tasks."""
+    for pdf in batches:
+        yield build_tasks(pdf, plan, bank_size, chashes, code_version)

@@ -16,9 +16,14 @@ from astropy.io import fits
 from scipy import fft as sfft
 
 from udfs.io import storage
+from udfs.io.errors import InputError
 
 PSF_FLUX_CAPTURED = 0.999   # kernel radius encloses this fraction of a Moffat's flux
 DECAM_PIXEL_SCALE = 0.262   # arcsec; PSFEx models of DECam CCDs are sampled in CCD pixels
+
+
+class PSFError(InputError):
+    """A PSF model, size or file that cannot give a kernel; the message names it."""
 
 
 def _kernel_size(radius_arcsec: float, pixel_scale: float, size: int | None) -> int:
@@ -29,7 +34,7 @@ def _check_fwhm(fwhm: float, band: str = "") -> float:
     fwhm = float(fwhm)
     if not (math.isfinite(fwhm) and fwhm > 0):
         where = f" for band {band}" if band else ""
-        raise ValueError(f"PSF FWHM{where} must be a positive number of arcsec, got {fwhm}")
+        raise PSFError(f"PSF FWHM{where} must be a positive number of arcsec, got {fwhm}")
     return fwhm
 
 
@@ -47,7 +52,7 @@ def moffat_kernel(fwhm: float, beta: float, pixel_scale: float, size: int | None
     """Moffat PSF (``beta`` > 1) of ``fwhm`` arcsec; default size encloses 99.9% of its flux."""
     fwhm = _check_fwhm(fwhm)
     if not beta > 1:
-        raise ValueError(f"Moffat beta must be > 1, got {beta}")
+        raise PSFError(f"Moffat beta must be > 1, got {beta}")
     alpha = fwhm / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
     radius = alpha * math.sqrt((1.0 - PSF_FLUX_CAPTURED) ** (1.0 / (1.0 - beta)) - 1.0)
     k = _kernel_size(radius, pixel_scale, size)
@@ -66,9 +71,9 @@ def psf_kernel(model: str, fwhm: float, pixel_scale: float, beta: float | None =
         return gaussian_kernel(float(fwhm), float(pixel_scale))
     if model == "moffat":
         if beta is None:
-            raise ValueError("the Moffat PSF needs beta")
+            raise PSFError("the Moffat PSF needs beta")
         return moffat_kernel(float(fwhm), float(beta), float(pixel_scale))
-    raise ValueError(f"unknown PSF model {model!r}: use 'gaussian', 'moffat' or a PSFEx file")
+    raise PSFError(f"unknown PSF model {model!r}: use 'gaussian', 'moffat' or a PSFEx file")
 
 
 @lru_cache(maxsize=64)
@@ -99,20 +104,12 @@ def psfex_kernel(uri: str, x: float | None, y: float | None, pixel_scale: float,
                              dim=table.columns["psf_mask"].dim, array=table.data["psf_mask"][:1])],
                 header=header)
             model = galsim.des.DES_PSFEx(hdu)
-    except (OSError, KeyError, IndexError, TypeError) as exc:
-        raise ValueError(f"{uri}: not a readable Legacy Survey PSFEx model ({exc})") from exc
+    except (OSError, KeyError, IndexError, TypeError) as exc:  # FileNotFoundError is an OSError
+        raise PSFError(f"{uri}: not a readable Legacy Survey PSFEx model ({exc})") from exc
     if x is None or y is None:
         x, y = float(row["polzero1"]), float(row["polzero2"])
     psf = model.getPSF(galsim.PositionD(x, y))  # in CCD pixel units
     return _draw(psf, size, pixel_scale / psfex_pixel_scale)
-
-
-def kernel_centroid(kernel: np.ndarray) -> tuple[float, float]:
-    """Flux-weighted (x, y) centroid of a kernel relative to its geometric centre, in pixels."""
-    k = kernel.shape[0]
-    idx = np.arange(k) - (k - 1) / 2.0
-    tot = kernel.sum()
-    return float((kernel.sum(axis=0) * idx).sum() / tot), float((kernel.sum(axis=1) * idx).sum() / tot)
 
 
 @lru_cache(maxsize=512)

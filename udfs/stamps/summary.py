@@ -1,0 +1,45 @@
+"""The ``_summary.json`` of a stage-5 stamps dataset: counts, failure rates by label and reason,
+PSF and depth quantiles (5/50/95 %) by label, rows per split.
+
+Pure pyarrow/pandas on the written files (no Spark): :func:`read_status` reads the few columns
+needed, :func:`summarise` turns them into the summary.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from udfs.io import storage
+from udfs.io.datasets import dataset_files, partition_values
+from udfs.schemas import stamps as schema
+
+
+def read_status(uri: str, bands: str) -> pd.DataFrame:
+    """Label, status and conditions of every stamp of the dataset at ``uri``, with its ``split``."""
+    cols = ["is_control", "ok", "fail_reason"] + [f[0] for f in schema.condition_fields(bands)]
+    tables = []
+    for f in dataset_files(uri):
+        t = pq.read_table(storage.open_input(f), columns=cols)
+        split = partition_values(uri, f).get("split")
+        tables.append(t.append_column("split", pa.array([split] * len(t))))
+    return pa.concat_tables(tables).to_pandas()
+
+
+def summarise(df: pd.DataFrame, bands: str) -> dict:
+    """Counts and failure rates by label and reason; PSF and depth quantiles by label (see module doc)."""
+    conditions = [f[0] for f in schema.condition_fields(bands)]
+    out = {"n_stamps": int(len(df)), "n_ok": int(df["ok"].sum()), "by_label": {}}
+    for label, part in df.groupby(df["is_control"].map({True: "control", False: "injected"})):
+        reasons = part.loc[~part["ok"], "fail_reason"].value_counts().sort_index()
+        q = {c: [float(x) for x in np.nanquantile(part[c].astype(float), [0.05, 0.5, 0.95])]
+             for c in conditions if part[c].notna().any()}
+        out["by_label"][label] = {
+            "n": int(len(part)), "n_ok": int(part["ok"].sum()),
+            "failure_rate": float(1 - part["ok"].mean()),
+            "fail_reasons": {str(k): int(v) for k, v in reasons.items()},
+            "quantiles_5_50_95": q,
+            "by_split": {str(k): int(v) for k, v in part["split"].value_counts().sort_index().items()},
+        }
+    return out
