@@ -1,15 +1,18 @@
 """Load and validate ``conf/emr.yaml`` (the cluster) and ``conf/pipeline.yaml`` (the stages).
 
-Every problem raises :class:`ConfigError` naming the file and the key path (``fleets.core.spot``);
-no key is silently defaulted.
+Both go through the project's one config checker (:mod:`udfs.config.checker`): every problem raises
+its :class:`~udfs.config.checker.ConfigError` naming the file and the dotted key
+(``conf/emr.yaml: fleets.core.spot: missing required key``); no key is silently defaulted and
+unknown keys are refused. The result is a typed, frozen :class:`EmrConfig` / :class:`PipelineConfig`;
+``raw`` keeps the parsed YAML (hashed into the run's config hash and recorded in ``run.json``).
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from udfs.config.checker import Checker, ConfigError, load_yaml
 from udfs.config.provenance import REPO_ROOT
 
 EMR_CONFIG = REPO_ROOT / "conf" / "emr.yaml"
@@ -30,34 +33,87 @@ SPOT_TIMEOUT_ACTIONS = ("SWITCH_TO_ON_DEMAND", "TERMINATE_CLUSTER")
 SPOT_ALLOCATION = ("capacity-optimized", "price-capacity-optimized", "lowest-price", "diversified")
 STAGE_MODULES = ("jobs.select_lrgs", "jobs.cosmos_source_loader", "jobs.build_manifest",
                  "jobs.make_cutouts", "jobs.inject_stamps", "jobs.validate_cosmos_injection")
+FLEET_ROLES = ("primary", "core", "task")
 MEMORY = re.compile(r"^\d+[mg]$")
+S3_ROOT = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[^/].*)?$")
+INPUT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+TOP_KEYS = {"name", "region", "s3_root", "release_label", "spark_version", "applications", "roles", "network",
+            "fleets", "spot", "ebs_root_gb", "ebs_data_gb", "spark", "python", "numba_cache_dir",
+            "keep_alive_after_steps", "auto_termination_idle_seconds", "action_on_failure",
+            "action_on_failure_existing_cluster", "poll_seconds", "tags", "pricing"}
 
 
-class ConfigError(ValueError):
-    """A config file is missing a key, has a wrong type or an inconsistent value."""
+@dataclass(frozen=True)
+class Fleet:
+    on_demand: int
+    spot: int
+    instance_types: tuple[str, ...]
 
 
-def _get(d: dict, key: str, kind, where: str, *, nullable: bool = False):
-    path = f"{where}.{key}" if where else key
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where or 'top level'}: expected a mapping, got {type(d).__name__}")
-    if key not in d:
-        raise ConfigError(f"missing key '{path}'")
-    value = d[key]
-    if value is None and nullable:
-        return None
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise ConfigError(f"'{path}' must be {names}, got {value!r}")
-    return value
+@dataclass(frozen=True)
+class Price:
+    """USD per instance-hour."""
+    ec2_on_demand: float
+    ec2_spot: float
+    emr: float
 
 
-def _choice(value: str, allowed: tuple, path: str) -> str:
-    if value not in allowed:
-        raise ConfigError(f"'{path}' is {value!r}; allowed: {', '.join(allowed)}")
-    return value
+@dataclass(frozen=True)
+class SparkDefaults:
+    executor_memory: str            # e.g. 6g
+    executor_memory_overhead: str
+    executor_cores: int
+    driver_memory: str
+    shuffle_partitions: int
+
+
+@dataclass(frozen=True)
+class EmrConfig:
+    name: str
+    region: str
+    s3_root: str                    # s3://bucket[/prefix], no trailing '/'
+    release_label: str
+    spark_version: str
+    applications: tuple[str, ...]
+    roles: dict[str, str]           # service, job_flow
+    subnet_ids: tuple[str, ...]
+    ec2_key_name: str | None
+    fleets: dict[str, Fleet]        # primary, core, task
+    spot: dict[str, object]         # timeout_minutes, timeout_action, allocation_strategy
+    ebs_root_gb: int
+    ebs_data_gb: int
+    spark: SparkDefaults
+    python_interpreter: str         # absolute paths on the nodes
+    python_venv: str
+    numba_cache_dir: str
+    keep_alive_after_steps: bool
+    auto_termination_idle_seconds: int
+    action_on_failure: str
+    action_on_failure_existing_cluster: str
+    poll_seconds: int
+    tags: dict[str, str]
+    pricing: dict[str, Price]       # instance type -> prices
+    raw: dict = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Stage:
+    module: str
+    args: tuple[str, ...]
+    spark_conf: dict[str, object]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    inputs: dict[str, str]          # name -> local path (repo-relative), s3:// or https:// URI
+    stages: tuple[Stage, ...]
+
+    def as_dict(self) -> dict:
+        """The config as YAML-shaped plain data (what the run's config hash covers)."""
+        return {"inputs": dict(self.inputs),
+                "stages": [{"module": s.module, "args": list(s.args), **({"spark_conf": dict(s.spark_conf)}
+                                                                          if s.spark_conf else {})}
+                           for s in self.stages]}
 
 
 def pinned_pyspark(requirements: Path = REQUIREMENTS) -> str:
@@ -69,142 +125,176 @@ def pinned_pyspark(requirements: Path = REQUIREMENTS) -> str:
     raise ConfigError(f"{requirements}: no 'pyspark==<version>' pin")
 
 
-def _check(fn, source: Path):
-    try:
-        return fn()
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+def _strings(c: Checker, parent: dict, name: str, key: str, *, non_empty: bool = False) -> tuple[str, ...]:
+    values = c.get(parent, name, key)
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values) or (non_empty and not values):
+        raise c.fail(key, f"expected a {'non-empty ' if non_empty else ''}list of strings, got {values!r}")
+    return tuple(values)
 
 
-def load_emr_config(path: Path = EMR_CONFIG, requirements: Path = REQUIREMENTS) -> dict:
-    """Return the validated cluster config (the parsed YAML, unchanged)."""
-    path = Path(path)
-    cfg = yaml.safe_load(path.read_text())
-    _check(lambda: validate_emr_config(cfg, pinned_pyspark(requirements)), path)
-    return cfg
-
-
-def validate_emr_config(cfg: dict, pyspark_version: str) -> None:
-    for key in ("name", "region"):
-        _get(cfg, key, str, "")
-    s3_root = _get(cfg, "s3_root", str, "")
-    if not re.match(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[^/].*)?$", s3_root) or s3_root.endswith("/"):
-        raise ConfigError(f"'s3_root' must look like s3://bucket[/prefix] without a trailing '/', got {s3_root!r}")
-    release = _get(cfg, "release_label", str, "")
-    spark = _get(cfg, "spark_version", str, "")
+def _release(c: Checker, d: dict, pyspark_version: str) -> tuple[str, str]:
+    """``(release_label, spark_version)``: a known release whose Spark is the pinned pyspark."""
+    release, spark = c.string(d, "release_label", "release_label"), c.string(d, "spark_version", "spark_version")
     if release not in EMR_SPARK_VERSIONS:
-        raise ConfigError(f"'release_label' {release!r} is not in emr/config.py EMR_SPARK_VERSIONS "
-                          f"(known: {', '.join(EMR_SPARK_VERSIONS)}); its Spark version cannot be checked")
+        raise c.fail("release_label", f"{release!r} is not in emr/config.py EMR_SPARK_VERSIONS "
+                     f"(known: {', '.join(EMR_SPARK_VERSIONS)}); its Spark version cannot be checked")
     if EMR_SPARK_VERSIONS[release] != spark:
-        raise ConfigError(f"'spark_version' {spark} does not match {release}, which ships Spark "
-                          f"{EMR_SPARK_VERSIONS[release]}")
+        raise c.fail("spark_version", f"{spark} does not match {release}, which ships Spark "
+                     f"{EMR_SPARK_VERSIONS[release]}")
     if spark != pyspark_version:
-        raise ConfigError(f"'release_label' {release} ships Spark {spark} but requirements.txt pins "
-                          f"pyspark=={pyspark_version}; they must match")
-    apps = _get(cfg, "applications", list, "")
-    if "Spark" not in apps:
-        raise ConfigError("'applications' must include Spark")
-    roles = _get(cfg, "roles", dict, "")
-    for key in ("service", "job_flow"):
-        _get(roles, key, str, "roles")
-    net = _get(cfg, "network", dict, "")
-    subnets = _get(net, "subnet_ids", list, "network")
-    if not all(isinstance(s, str) for s in subnets):
-        raise ConfigError("'network.subnet_ids' must be a list of strings")
-    _get(net, "ec2_key_name", str, "network", nullable=True)
+        raise c.fail("release_label", f"{release} ships Spark {spark} but requirements.txt pins "
+                     f"pyspark=={pyspark_version}; they must match")
+    return release, spark
 
-    fleets = _get(cfg, "fleets", dict, "")
-    pricing = _get(cfg, "pricing", dict, "")
-    for role in ("primary", "core", "task"):
-        fleet = _get(fleets, role, dict, "fleets")
-        od = _get(fleet, "on_demand", int, f"fleets.{role}")
-        spot = _get(fleet, "spot", int, f"fleets.{role}")
-        types = _get(fleet, "instance_types", list, f"fleets.{role}")
-        if od < 0 or spot < 0:
-            raise ConfigError(f"'fleets.{role}' capacities must be >= 0")
-        if not types or not all(isinstance(t, str) for t in types):
-            raise ConfigError(f"'fleets.{role}.instance_types' must be a non-empty list of instance types")
-        for t in types:
+
+def _pricing(c: Checker, d: dict) -> dict[str, Price]:
+    out = {}
+    for itype, price in c.mapping(d, "pricing", "pricing").items():
+        where = f"pricing.{itype}"
+        p = c.mapping({itype: price}, itype, where)
+        c.unknown(p, {"ec2_on_demand", "ec2_spot", "emr"}, where)
+        out[itype] = Price(*(c.number(p, k, f"{where}.{k}", lo=0) for k in ("ec2_on_demand", "ec2_spot", "emr")))
+    return out
+
+
+def _fleets(c: Checker, d: dict, pricing: dict[str, Price]) -> dict[str, Fleet]:
+    raw = c.mapping(d, "fleets", "fleets")
+    c.unknown(raw, set(FLEET_ROLES), "fleets")
+    fleets = {}
+    for role in FLEET_ROLES:
+        where = f"fleets.{role}"
+        f = c.mapping(raw, role, where)
+        c.unknown(f, {"on_demand", "spot", "instance_types"}, where)
+        fleet = Fleet(c.integer(f, "on_demand", f"{where}.on_demand", lo=0), c.integer(f, "spot", f"{where}.spot", lo=0),
+                      _strings(c, f, "instance_types", f"{where}.instance_types", non_empty=True))
+        for t in fleet.instance_types:
             if t not in pricing:
-                raise ConfigError(f"'fleets.{role}.instance_types' has {t!r} but 'pricing.{t}' is missing "
-                                  "(needed for the cost estimate)")
-    if (fleets["primary"]["on_demand"], fleets["primary"]["spot"]) != (1, 0):
-        raise ConfigError("'fleets.primary' must be exactly one on-demand instance (on_demand: 1, spot: 0)")
-    if fleets["core"]["on_demand"] + fleets["core"]["spot"] < 1:
-        raise ConfigError("'fleets.core' needs at least one instance")
-    spot = _get(cfg, "spot", dict, "")
-    minutes = _get(spot, "timeout_minutes", int, "spot")
-    if not 5 <= minutes <= 1440:
-        raise ConfigError(f"'spot.timeout_minutes' must be 5..1440 (EMR limit), got {minutes}")
-    _choice(_get(spot, "timeout_action", str, "spot"), SPOT_TIMEOUT_ACTIONS, "spot.timeout_action")
-    _choice(_get(spot, "allocation_strategy", str, "spot"), SPOT_ALLOCATION, "spot.allocation_strategy")
-    for key in ("ebs_root_gb", "ebs_data_gb"):
-        if _get(cfg, key, int, "") < 15:
-            raise ConfigError(f"'{key}' must be >= 15 GiB")
+                raise c.fail(f"{where}.instance_types", f"has {t!r} but 'pricing.{t}' is missing "
+                             "(needed for the cost estimate)")
+        fleets[role] = fleet
+    if (fleets["primary"].on_demand, fleets["primary"].spot) != (1, 0):
+        raise c.fail("fleets.primary", "must be exactly one on-demand instance (on_demand: 1, spot: 0)")
+    if fleets["core"].on_demand + fleets["core"].spot < 1:
+        raise c.fail("fleets.core", "needs at least one instance")
+    return fleets
 
-    sp = _get(cfg, "spark", dict, "")
+
+def _spark(c: Checker, d: dict) -> SparkDefaults:
+    sp = c.mapping(d, "spark", "spark")
+    c.unknown(sp, {"executor_memory", "executor_memory_overhead", "executor_cores", "driver_memory",
+                   "shuffle_partitions"}, "spark")
     for key in ("executor_memory", "executor_memory_overhead", "driver_memory"):
-        if not MEMORY.match(_get(sp, key, str, "spark")):
-            raise ConfigError(f"'spark.{key}' must look like 6g or 512m, got {sp[key]!r}")
-    for key in ("executor_cores", "shuffle_partitions"):
-        if _get(sp, key, int, "spark") < 1:
-            raise ConfigError(f"'spark.{key}' must be >= 1")
-    py = _get(cfg, "python", dict, "")
-    for key in ("interpreter", "venv"):
-        if not _get(py, key, str, "python").startswith("/"):
-            raise ConfigError(f"'python.{key}' must be an absolute path on the nodes")
-    if not _get(cfg, "numba_cache_dir", str, "").startswith("/mnt/"):
-        raise ConfigError("'numba_cache_dir' must be on node-local disk under /mnt/")
+        if not MEMORY.match(c.string(sp, key, f"spark.{key}")):
+            raise c.fail(f"spark.{key}", f"must look like 6g or 512m, got {sp[key]!r}")
+    return SparkDefaults(sp["executor_memory"], sp["executor_memory_overhead"],
+                         c.integer(sp, "executor_cores", "spark.executor_cores", lo=1), sp["driver_memory"],
+                         c.integer(sp, "shuffle_partitions", "spark.shuffle_partitions", lo=1))
 
-    _get(cfg, "keep_alive_after_steps", bool, "")
-    idle = _get(cfg, "auto_termination_idle_seconds", int, "")
-    if not 60 <= idle <= 604800:
-        raise ConfigError(f"'auto_termination_idle_seconds' must be 60..604800 (EMR limit), got {idle}")
-    _choice(_get(cfg, "action_on_failure", str, ""), ACTIONS_ON_FAILURE, "action_on_failure")
-    _choice(_get(cfg, "action_on_failure_existing_cluster", str, ""), ACTIONS_ON_FAILURE,
-            "action_on_failure_existing_cluster")
-    if _get(cfg, "poll_seconds", int, "") < 1:
-        raise ConfigError("'poll_seconds' must be >= 1")
-    tags = _get(cfg, "tags", dict, "")
+
+def _nodes(c: Checker, d: dict) -> dict:
+    """Roles, network, spot, disks, python and numba paths: the node-level settings."""
+    roles = c.mapping(d, "roles", "roles")
+    c.unknown(roles, {"service", "job_flow"}, "roles")
+    net = c.mapping(d, "network", "network")
+    c.unknown(net, {"subnet_ids", "ec2_key_name"}, "network")
+    key_name = c.get(net, "ec2_key_name", "network.ec2_key_name")
+    spot = c.mapping(d, "spot", "spot")
+    c.unknown(spot, {"timeout_minutes", "timeout_action", "allocation_strategy"}, "spot")
+    py = c.mapping(d, "python", "python")
+    c.unknown(py, {"interpreter", "venv"}, "python")
+    for key in ("interpreter", "venv"):
+        if not c.string(py, key, f"python.{key}").startswith("/"):
+            raise c.fail(f"python.{key}", "must be an absolute path on the nodes")
+    if not c.string(d, "numba_cache_dir", "numba_cache_dir").startswith("/mnt/"):
+        raise c.fail("numba_cache_dir", "must be on node-local disk under /mnt/")
+    return {
+        "roles": {k: c.string(roles, k, f"roles.{k}") for k in ("service", "job_flow")},
+        "subnet_ids": _strings(c, net, "subnet_ids", "network.subnet_ids"),
+        "ec2_key_name": None if key_name is None else c.string(net, "ec2_key_name", "network.ec2_key_name"),
+        "spot": {"timeout_minutes": c.integer(spot, "timeout_minutes", "spot.timeout_minutes", lo=5, hi=1440),
+                 "timeout_action": c.string(spot, "timeout_action", "spot.timeout_action",
+                                            choices=SPOT_TIMEOUT_ACTIONS),
+                 "allocation_strategy": c.string(spot, "allocation_strategy", "spot.allocation_strategy",
+                                                 choices=SPOT_ALLOCATION)},
+        "ebs_root_gb": c.integer(d, "ebs_root_gb", "ebs_root_gb", lo=15),
+        "ebs_data_gb": c.integer(d, "ebs_data_gb", "ebs_data_gb", lo=15),
+        "python_interpreter": py["interpreter"], "python_venv": py["venv"],
+        "numba_cache_dir": d["numba_cache_dir"],
+    }
+
+
+def parse_emr_config(d: dict, source: str, pyspark_version: str) -> EmrConfig:
+    """Check the parsed ``conf/emr.yaml`` mapping ``d`` (``source`` names it in errors)."""
+    c = Checker(str(source))
+    c.unknown(d, TOP_KEYS, "")
+    s3_root = c.string(d, "s3_root", "s3_root")
+    if not S3_ROOT.match(s3_root) or s3_root.endswith("/"):
+        raise c.fail("s3_root", f"must look like s3://bucket[/prefix] without a trailing '/', got {s3_root!r}")
+    release, spark_version = _release(c, d, pyspark_version)
+    apps = _strings(c, d, "applications", "applications")
+    if "Spark" not in apps:
+        raise c.fail("applications", "must include Spark")
+    pricing = _pricing(c, d)
+    tags = c.mapping(d, "tags", "tags")
     for k, v in tags.items():
         if not isinstance(k, str) or not isinstance(v, str):
-            raise ConfigError(f"'tags.{k}' must map a string to a string")
-    for itype, price in pricing.items():
-        for key in ("ec2_on_demand", "ec2_spot", "emr"):
-            if _get(price, key, float, f"pricing.{itype}") < 0:
-                raise ConfigError(f"'pricing.{itype}.{key}' must be >= 0")
+            raise c.fail(f"tags.{k}", "must map a string to a string")
+    return EmrConfig(
+        name=c.string(d, "name", "name"), region=c.string(d, "region", "region"), s3_root=s3_root,
+        release_label=release, spark_version=spark_version, applications=apps, fleets=_fleets(c, d, pricing),
+        spark=_spark(c, d), **_nodes(c, d),
+        keep_alive_after_steps=c.boolean(d, "keep_alive_after_steps", "keep_alive_after_steps"),
+        auto_termination_idle_seconds=c.integer(d, "auto_termination_idle_seconds",
+                                                "auto_termination_idle_seconds", lo=60, hi=604800),
+        action_on_failure=c.string(d, "action_on_failure", "action_on_failure", choices=ACTIONS_ON_FAILURE),
+        action_on_failure_existing_cluster=c.string(d, "action_on_failure_existing_cluster",
+                                                    "action_on_failure_existing_cluster", choices=ACTIONS_ON_FAILURE),
+        poll_seconds=c.integer(d, "poll_seconds", "poll_seconds", lo=1), tags=tags, pricing=pricing, raw=d)
 
 
-def load_pipeline_config(path: Path = PIPELINE_CONFIG) -> dict:
-    """Return the validated pipeline config (the parsed YAML, unchanged)."""
-    path = Path(path)
-    cfg = yaml.safe_load(path.read_text())
-    _check(lambda: validate_pipeline_config(cfg), path)
-    return cfg
+def load_emr_config(path: Path = EMR_CONFIG, requirements: Path = REQUIREMENTS) -> EmrConfig:
+    """The checked cluster config of ``path``."""
+    return parse_emr_config(load_yaml(str(path)), str(path), pinned_pyspark(requirements))
 
 
-def validate_pipeline_config(cfg: dict) -> None:
-    inputs = _get(cfg, "inputs", dict, "")
+def with_s3_root(cfg: EmrConfig, s3_root: str) -> EmrConfig:
+    """``cfg`` with another ``s3_root`` (``--s3-root``), checked like the file's."""
+    return parse_emr_config({**cfg.raw, "s3_root": s3_root}, "--s3-root", cfg.spark_version)
+
+
+def _stage(c: Checker, stage: object, i: int) -> Stage:
+    where = f"stages[{i}]"
+    s = c.mapping({where: stage}, where, where)
+    c.unknown(s, {"module", "args", "spark_conf"}, where)
+    module = c.string(s, "module", f"{where}.module")
+    args = _strings(c, s, "args", f"{where}.args")
+    if "--output" not in args:
+        raise c.fail(f"{where}.args", f"({module}) has no --output")
+    conf = s.get("spark_conf", {})
+    if not isinstance(conf, dict) or not all(str(k).startswith("spark.") for k in conf):
+        raise c.fail(f"{where}.spark_conf", "must map spark.* keys to values")
+    return Stage(module, args, dict(conf))
+
+
+def parse_pipeline_config(d: dict, source: str) -> PipelineConfig:
+    """Check the parsed ``conf/pipeline.yaml`` mapping ``d`` (``source`` names it in errors)."""
+    c = Checker(str(source))
+    c.unknown(d, {"inputs", "stages"}, "")
+    inputs = c.mapping(d, "inputs", "inputs")
     for name, value in inputs.items():
-        if not re.match(r"^[a-z][a-z0-9_]*$", str(name)):
-            raise ConfigError(f"'inputs.{name}': names must be lower-case identifiers")
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"'inputs.{name}' must be a path or URI string")
-    stages = _get(cfg, "stages", list, "")
-    modules = []
-    for i, stage in enumerate(stages):
-        where = f"stages[{i}]"
-        modules.append(_get(stage, "module", str, where))
-        args = _get(stage, "args", list, where)
-        if not all(isinstance(a, str) for a in args):
-            raise ConfigError(f"'{where}.args' must be a list of strings")
-        if "--output" not in args:
-            raise ConfigError(f"'{where}.args' ({stage['module']}) has no --output")
-        conf = stage.get("spark_conf", {})
-        if not isinstance(conf, dict) or not all(str(k).startswith("spark.") for k in conf):
-            raise ConfigError(f"'{where}.spark_conf' must map spark.* keys to values")
-        unknown = set(stage) - {"module", "args", "spark_conf"}
-        if unknown:
-            raise ConfigError(f"'{where}' has unknown keys {sorted(unknown)}")
+        if not INPUT_NAME.match(str(name)):
+            raise c.fail(f"inputs.{name}", "names must be lower-case identifiers")
+        c.string(inputs, name, f"inputs.{name}")
+    stages = c.get(d, "stages", "stages")
+    if not isinstance(stages, list):
+        raise c.fail("stages", f"expected a list of stages, got {stages!r}")
+    parsed = tuple(_stage(c, s, i) for i, s in enumerate(stages))
+    modules = [s.module for s in parsed]
     if tuple(modules) != STAGE_MODULES:
-        raise ConfigError(f"'stages' must be the six stages in order {list(STAGE_MODULES)}, got {modules}")
+        raise c.fail("stages", f"must be the six stages in order {list(STAGE_MODULES)}, got {modules}")
+    return PipelineConfig(inputs=dict(inputs), stages=parsed)
+
+
+def load_pipeline_config(path: Path = PIPELINE_CONFIG) -> PipelineConfig:
+    """The checked pipeline config of ``path``."""
+    return parse_pipeline_config(load_yaml(str(path)), str(path))

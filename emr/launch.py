@@ -18,16 +18,19 @@ import re
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from emr import cluster as cluster_mod
 from emr import package, steps as steps_mod
-from emr.config import (EMR_CONFIG, PIPELINE_CONFIG, ConfigError, load_emr_config, load_pipeline_config,
-                        validate_emr_config, pinned_pyspark)
+from emr.config import (EMR_CONFIG, PIPELINE_CONFIG, EmrConfig, PipelineConfig, load_emr_config,
+                        load_pipeline_config, with_s3_root)
 from emr.follow import RunFailed, follow, latest_run_id
 from emr.iam import render_policy
+from udfs.config.checker import ConfigError
 from udfs.config.provenance import REPO_ROOT, config_hash
+from udfs.io.errors import InputError
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BOOTSTRAP_FILES = ("bootstrap/install_deps.sh", "bootstrap/requirements-emr-build.txt",
@@ -36,7 +39,7 @@ ENTRY = "emr/run_stage.py"
 ACTIVE_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
 
 
-class UsageError(ValueError):
+class UsageError(InputError):
     """Bad command-line input (exit status 2)."""
 
 
@@ -66,26 +69,23 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _load_configs(args) -> tuple[dict, dict]:
+def _load_configs(args) -> tuple[EmrConfig, PipelineConfig]:
     cfg = load_emr_config(args.emr_config)
     if args.s3_root:
-        cfg["s3_root"] = args.s3_root
-        try:
-            validate_emr_config(cfg, pinned_pyspark())
-        except ConfigError as exc:
-            raise ConfigError(f"--s3-root: {exc}") from None
+        cfg = with_s3_root(cfg, args.s3_root)
     pipeline = load_pipeline_config(args.pipeline_config)
+    inputs = dict(pipeline.inputs)
     for item in args.input:
         name, sep, uri = item.partition("=")
-        if not sep or name not in pipeline["inputs"] or not uri:
-            raise UsageError(f"--input {item!r}: expected NAME=URI with NAME one of "
-                             f"{', '.join(pipeline['inputs'])}")
-        pipeline["inputs"][name] = uri
+        if not sep or name not in inputs or not uri:
+            raise UsageError(f"--input {item!r}: expected NAME=URI with NAME one of {', '.join(inputs)}")
+        inputs[name] = uri
+    stages = pipeline.stages
     if args.source_bank:
         if not args.source_bank.is_file():
             raise UsageError(f"--source-bank {args.source_bank}: no such file")
-        pipeline["stages"] = [s for s in pipeline["stages"] if s["module"] != "jobs.cosmos_source_loader"]
-    return cfg, pipeline
+        stages = tuple(s for s in stages if s.module != "jobs.cosmos_source_loader")
+    return cfg, replace(pipeline, inputs=inputs, stages=stages)
 
 
 def _local_input(value: str) -> Path | None:
@@ -95,10 +95,10 @@ def _local_input(value: str) -> Path | None:
     return path if path.is_absolute() else (REPO_ROOT / path).resolve()
 
 
-def _used_inputs(pipeline: dict) -> dict[str, str]:
+def _used_inputs(pipeline: PipelineConfig) -> dict[str, str]:
     """Inputs referenced by the (remaining) stages."""
-    text = json.dumps([s["args"] for s in pipeline["stages"]])
-    return {n: v for n, v in pipeline["inputs"].items() if "{inputs." + n + "}" in text}
+    text = json.dumps([list(s.args) for s in pipeline.stages])
+    return {n: v for n, v in pipeline.inputs.items() if "{inputs." + n + "}" in text}
 
 
 def _input_locations(inputs: dict[str, str], prefix: str) -> tuple[dict[str, str], list[tuple[Path, str]]]:
@@ -153,7 +153,7 @@ def plan(args) -> dict:
     if run_id != "*" or not args.print_iam_policy:
         if not RUN_ID.match(run_id):
             raise UsageError(f"--run-id {run_id!r}: use letters, digits, '.', '_' or '-' (max 64)")
-    prefix = f"{cfg['s3_root']}/{run_id}"
+    prefix = f"{cfg.s3_root}/{run_id}"
     paths = steps_mod.run_paths(prefix, sha)
     inputs = _used_inputs(pipeline)
     locations, input_uploads = _input_locations(inputs, prefix)
@@ -167,10 +167,10 @@ def plan(args) -> dict:
                     raise ConfigError(msg + " (commit it, or --force to launch anyway)")
                 _log(f"warning: {msg}; that stage will fail")
     req_hash = hashlib.sha256(b"".join(_git_show(sha, f) for f in BOOTSTRAP_FILES[1:])).hexdigest()[:16]
-    chash = config_hash({"emr": cfg, "pipeline": pipeline, "inputs": locations})
+    chash = config_hash({"emr": cfg.raw, "pipeline": pipeline.as_dict(), "inputs": locations})
     run = {"run_id": run_id, "prefix": prefix, "code_version": sha, "config_hash": chash,
            "requirements_hash": req_hash}
-    action = cfg["action_on_failure_existing_cluster"] if args.cluster_id else cfg["action_on_failure"]
+    action = cfg.action_on_failure_existing_cluster if args.cluster_id else cfg.action_on_failure
     step_defs = steps_mod.build_steps(stages, run_id=run_id, sha=sha, paths=paths, action_on_failure=action)
     if args.cluster_id:
         request = {"JobFlowId": args.cluster_id, "Steps": step_defs}
@@ -216,7 +216,7 @@ def _record(s3, p: dict, cluster_id: str | None, uploaded: list[str]) -> str:
     uri = f"{p['run']['prefix']}/run.json"
     record = {**p["run"], "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "cluster_id": cluster_id, "uncommitted_paths_not_shipped": p["dirty"],
-              "emr_config": p["cfg"], "pipeline_config": p["pipeline"], "inputs": p["inputs"],
+              "emr_config": p["cfg"].raw, "pipeline_config": p["pipeline"].as_dict(), "inputs": p["inputs"],
               "uploaded": uploaded, "request": p["request"]}
     b, key = _s3_split(uri)
     s3.put_object(Bucket=b, Key=key, Body=json.dumps(record, indent=2, sort_keys=True, default=str).encode())
@@ -229,11 +229,11 @@ def _resume_hint(cluster_id: str, run_id: str, region: str) -> str:
             f"  terminate:        aws emr terminate-clusters --region {region} --cluster-ids {cluster_id}")
 
 
-def _follow(emr, cluster_id: str, run_id: str, cfg: dict, outputs: list, poll: float, sleep) -> int:
+def _follow(emr, cluster_id: str, run_id: str, cfg: EmrConfig, outputs: list, poll: float, sleep) -> int:
     try:
         follow(emr, cluster_id, run_id, cfg, outputs, poll_seconds=poll, sleep=sleep)
     except KeyboardInterrupt:
-        print("\ninterrupted: " + _resume_hint(cluster_id, run_id, cfg["region"]), flush=True)
+        print("\ninterrupted: " + _resume_hint(cluster_id, run_id, cfg.region), flush=True)
         return 130
     except RunFailed as exc:
         _log(f"run {run_id} FAILED on cluster {cluster_id}: {exc}")
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None, *, session=None, sleep=time.sleep) -> in
         if args.follow:
             return _resume(args, session, sleep)
         p = plan(args)
-    except (ConfigError, UsageError, package.DirtyTreeError) as exc:
+    except InputError as exc:  # config, usage, a dirty tree: one line, exit 2
         _log(f"error: {exc}")
         return 2
     if args.print_iam_policy:
@@ -264,13 +264,13 @@ def main(argv: list[str] | None = None, *, session=None, sleep=time.sleep) -> in
     import boto3
 
     cfg, run = p["cfg"], p["run"]
-    session = session or boto3.session.Session(region_name=cfg["region"])
+    session = session or boto3.session.Session(region_name=cfg.region)
     s3, emr = session.client("s3"), session.client("emr")
     try:
         if args.cluster_id:
             _check_cluster(emr, args.cluster_id, run, args.force)
         uploaded = upload(s3, p, args.source_bank)
-    except (ConfigError, UsageError) as exc:
+    except InputError as exc:
         _log(f"error: {exc}")
         return 2
     _log(f"run {run['run_id']}: code {run['code_version'][:12]}, config {run['config_hash']}, "
@@ -283,13 +283,13 @@ def main(argv: list[str] | None = None, *, session=None, sleep=time.sleep) -> in
     record = _record(s3, p, cluster_id, uploaded)
     print(f"cluster {cluster_id}: {len(p['steps'])} steps of run {run['run_id']} submitted; record {record}",
           flush=True)
-    print(f"  console: https://{cfg['region']}.console.aws.amazon.com/emr/home?region={cfg['region']}"
+    print(f"  console: https://{cfg.region}.console.aws.amazon.com/emr/home?region={cfg.region}"
           f"#/clusterDetails/{cluster_id}", flush=True)
     if args.no_follow:
-        print(_resume_hint(cluster_id, run["run_id"], cfg["region"]))
+        print(_resume_hint(cluster_id, run["run_id"], cfg.region))
         return 0
     outputs = [steps_mod.output_of(s) for s in p["steps"]]
-    return _follow(emr, cluster_id, run["run_id"], cfg, outputs, args.poll_seconds or cfg["poll_seconds"], sleep)
+    return _follow(emr, cluster_id, run["run_id"], cfg, outputs, args.poll_seconds or cfg.poll_seconds, sleep)
 
 
 def _check_cluster(emr, cluster_id: str, run: dict, force: bool) -> None:
@@ -309,7 +309,7 @@ def _resume(args, session, sleep) -> int:
     import boto3
 
     cfg = load_emr_config(args.emr_config)
-    session = session or boto3.session.Session(region_name=cfg["region"])
+    session = session or boto3.session.Session(region_name=cfg.region)
     emr = session.client("emr")
     try:
         run_id = args.run_id or latest_run_id(emr, args.follow)
@@ -320,7 +320,7 @@ def _resume(args, session, sleep) -> int:
 
     outputs = [steps_mod.output_of({"HadoopJarStep": s["Config"]}) for s in run_steps(emr, args.follow, run_id)]
     print(f"following run {run_id} on cluster {args.follow}", flush=True)
-    return _follow(emr, args.follow, run_id, cfg, outputs, args.poll_seconds or cfg["poll_seconds"], sleep)
+    return _follow(emr, args.follow, run_id, cfg, outputs, args.poll_seconds or cfg.poll_seconds, sleep)
 
 
 if __name__ == "__main__":

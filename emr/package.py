@@ -9,11 +9,13 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from udfs.io.errors import InputError
+
 PACKAGED_PATHS = ("jobs", "udfs", "conf")
 
 
-class DirtyTreeError(RuntimeError):
-    """The working tree differs from HEAD and --force was not given."""
+class DirtyTreeError(InputError):
+    """The working tree differs from HEAD and --force was not given (exit 2: commit or --force)."""
 
 
 def _git(repo: Path, *args: str) -> str:

@@ -4,12 +4,18 @@ A step runs ``command-runner.jar spark-submit ... <run>/code/run_stage.py --code
 jobs.<stage> <args>``: the code zip on ``--py-files``, the code version in the executors' environment,
 the stage's arguments with ``{run}``, ``{conf}``, ``{bank}`` and ``{inputs.NAME}`` filled in.
 Step names are ``lensinj:<run_id>:<i>/<n>:<module>`` so a later ``--follow`` finds a run's steps.
+
+Stages pass each other the roots they write (``{run}/targets``, ``{run}/manifest``, ...). Stage 3
+writes its manifest to ``<root>/<manifest_hash>/`` with ``_manifest.json``; stage 5 gets the root
+and resolves the one manifest under it (:func:`udfs.stamps.manifest.resolve_manifest`): a root
+holding several manifests is refused, never merged.
 """
 from __future__ import annotations
 
 import re
 
-from emr.config import ConfigError
+from emr.config import PipelineConfig
+from udfs.config.checker import ConfigError
 from udfs.io import storage
 
 PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_.]*)\}")
@@ -42,16 +48,16 @@ def fill(template: str, values: dict[str, str], where: str) -> str:
     return PLACEHOLDER.sub(sub, template)
 
 
-def stage_args(pipeline: dict, prefix: str, inputs: dict[str, str]) -> list[tuple[str, list[str], dict]]:
+def stage_args(pipeline: PipelineConfig, prefix: str, inputs: dict[str, str]) -> list[tuple[str, list[str], dict]]:
     """``(module, args, spark_conf)`` per stage with every placeholder resolved."""
     values = {"run": prefix, "conf": storage.join(prefix, "conf"),
               "bank": storage.join(prefix, "bank", "bank.h5")}
     values.update({f"inputs.{name}": input_location(prefix, name, value) for name, value in inputs.items()})
     out = []
-    for i, stage in enumerate(pipeline["stages"]):
-        where = f"conf/pipeline.yaml stages[{i}] ({stage['module']})"
-        args = [fill(a, values, where) for a in stage["args"]]
-        out.append((stage["module"], args, dict(stage.get("spark_conf", {}))))
+    for i, stage in enumerate(pipeline.stages):
+        where = f"conf/pipeline.yaml stages[{i}] ({stage.module})"
+        args = [fill(a, values, where) for a in stage.args]
+        out.append((stage.module, args, dict(stage.spark_conf)))
     return out
 
 

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from jobs.cli import job_main
 from udfs.config.provenance import REPO_ROOT, code_version
 from udfs.io.sample_data import data_root
 
@@ -38,6 +39,7 @@ def _stage(name: str, func, argv: list[str]) -> None:
     print(f"=== {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
+@job_main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="jobs.run_demo", description=__doc__.split("\n")[0])
     ap.add_argument("--output", default=str(REPO_ROOT / "out" / "demo"), help="output folder")
@@ -48,8 +50,7 @@ def main(argv=None) -> int:
     from jobs import (build_manifest, cosmos_source_loader, inject_stamps, make_cutouts,
                       make_sample_sky, select_lrgs, validate_cosmos_injection)
     from jobs.spark import get_spark
-    from udfs.stamps.manifest import load_config, manifest_hash
-    from udfs.sources.bank import read_bank
+    from udfs.stamps.manifest import resolve_manifest
 
     data = data_root()
     ls = data / "legacysurvey"
@@ -68,14 +69,14 @@ def main(argv=None) -> int:
     _stage("3 manifest", build_manifest.main,
            ["--targets", str(out / "targets"), "--config", str(priors), "--output",
             str(out / "manifest"), "--bank", str(out / "bank.h5")])
-    manifest = out / "manifest" / manifest_hash(load_config(str(priors)), len(read_bank(str(out / "bank.h5"))))
+    manifest = resolve_manifest(str(out / "manifest"))  # where stage 3 wrote (its _manifest.json)
     _stage("4a sample sky (rendered stand-in for coadds)", make_sample_sky.main,
            ["--targets", str(out / "targets"), "--catalogs", str(ls / "dr8_tractor"), str(ls / "dr9_tractor"),
             str(ls / "dr8_sweeps"), "--output", str(out / "sky")])
     _stage("4b cutouts", make_cutouts.main,
            ["--targets", str(out / "targets"), "--coadd-base", str(out / "sky"), "--output", str(out / "cutouts")])
     _stage("5 injection", inject_stamps.main,
-           ["--manifest", str(manifest), "--cutouts", str(out / "cutouts"), "--bank", str(out / "bank.h5"),
+           ["--manifest", manifest, "--cutouts", str(out / "cutouts"), "--bank", str(out / "bank.h5"),
             "--output", str(out / "stamps"), "--config", str(CONF / "injection.yaml")])
     _stage("6 validation", validate_cosmos_injection.main,
            ["--stamps", str(out / "stamps"), "--output", str(out / "validation" / "report.json")])

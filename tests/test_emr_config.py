@@ -2,18 +2,19 @@
 hashed bootstrap requirements and the job-role IAM policy."""
 from __future__ import annotations
 
-import copy
 import re
 
 import pytest
 import yaml
 
-from emr.config import (EMR_CONFIG, EMR_SPARK_VERSIONS, PIPELINE_CONFIG, STAGE_MODULES, ConfigError,
-                        load_emr_config, load_pipeline_config, pinned_pyspark, validate_emr_config,
-                        validate_pipeline_config)
+from dataclasses import replace
+
+from emr.config import (EMR_CONFIG, EMR_SPARK_VERSIONS, PIPELINE_CONFIG, STAGE_MODULES, load_emr_config,
+                        load_pipeline_config, parse_emr_config, parse_pipeline_config, pinned_pyspark)
 from emr.iam import render_policy
 from emr.lock import BUILD_OUT, EXCLUDED, RUNTIME_OUT, canonical, read_pins
 from emr.steps import stage_args
+from udfs.config.checker import ConfigError
 from udfs.config.provenance import REPO_ROOT
 
 
@@ -21,29 +22,33 @@ def test_emr_release_spark_matches_pinned_pyspark():
     text = (REPO_ROOT / "requirements.txt").read_text()
     pyspark = re.search(r"^pyspark==(\S+)$", text, re.M).group(1)
     cfg = load_emr_config()
-    assert cfg["release_label"] == "emr-7.5.0"
-    assert EMR_SPARK_VERSIONS[cfg["release_label"]] == cfg["spark_version"] == pyspark == "3.5.2"
+    assert cfg.release_label == "emr-7.5.0"
+    assert EMR_SPARK_VERSIONS[cfg.release_label] == cfg.spark_version == pyspark == "3.5.2"
+    assert cfg.fleets["core"].spot == 2 and cfg.pricing["m5.xlarge"].emr == 0.048
 
 
 @pytest.mark.parametrize("edit, message", [
     (lambda c: c.update(release_label="emr-7.8.0", spark_version="3.5.4"),
-     "emr-7.8.0 ships Spark 3.5.4 but requirements.txt pins pyspark==3.5.2"),
-    (lambda c: c.update(spark_version="3.5.1"), "'spark_version' 3.5.1 does not match emr-7.5.0"),
-    (lambda c: c.update(release_label="emr-6.15.0"), "'release_label' 'emr-6.15.0' is not in"),
-    (lambda c: c["fleets"]["core"].pop("spot"), "missing key 'fleets.core.spot'"),
-    (lambda c: c["fleets"]["task"]["instance_types"].append("c7g.large"), "'pricing.c7g.large' is missing"),
-    (lambda c: c["fleets"]["primary"].update(spot=1), "'fleets.primary' must be exactly one on-demand"),
-    (lambda c: c["spark"].update(executor_memory="6 GB"), "'spark.executor_memory' must look like"),
-    (lambda c: c.update(auto_termination_idle_seconds=10), "'auto_termination_idle_seconds' must be 60..604800"),
-    (lambda c: c.update(action_on_failure="CONTINUE"), "'action_on_failure' is 'CONTINUE'"),
-    (lambda c: c.update(s3_root="s3://bucket/"), "'s3_root' must look like"),
-    (lambda c: c.update(numba_cache_dir="/home/hadoop/numba"), "'numba_cache_dir' must be on node-local disk"),
+     "x.yaml: release_label: emr-7.8.0 ships Spark 3.5.4 but requirements.txt pins pyspark==3.5.2"),
+    (lambda c: c.update(spark_version="3.5.1"), "x.yaml: spark_version: 3.5.1 does not match emr-7.5.0"),
+    (lambda c: c.update(release_label="emr-6.15.0"), "x.yaml: release_label: 'emr-6.15.0' is not in"),
+    (lambda c: c["fleets"]["core"].pop("spot"), "x.yaml: fleets.core.spot: missing required key"),
+    (lambda c: c["fleets"]["task"]["instance_types"].append("c7g.large"),
+     "x.yaml: fleets.task.instance_types: has 'c7g.large' but 'pricing.c7g.large' is missing"),
+    (lambda c: c["fleets"]["primary"].update(spot=1), "x.yaml: fleets.primary: must be exactly one on-demand"),
+    (lambda c: c["spark"].update(executor_memory="6 GB"), "x.yaml: spark.executor_memory: must look like"),
+    (lambda c: c.update(auto_termination_idle_seconds=10), "x.yaml: auto_termination_idle_seconds: must be >= 60"),
+    (lambda c: c.update(action_on_failure="CONTINUE"),
+     "x.yaml: action_on_failure: must be one of TERMINATE_CLUSTER, CANCEL_AND_WAIT; got 'CONTINUE'"),
+    (lambda c: c.update(s3_root="s3://bucket/"), "x.yaml: s3_root: must look like"),
+    (lambda c: c.update(numba_cache_dir="/home/hadoop/numba"), "x.yaml: numba_cache_dir: must be on node-local disk"),
+    (lambda c: c["spot"].update(timeout_minute=10), "x.yaml: spot.timeout_minute: unknown key"),
 ])
 def test_emr_config_errors_name_the_key(edit, message):
     cfg = yaml.safe_load(EMR_CONFIG.read_text())
     edit(cfg)
     with pytest.raises(ConfigError) as exc:
-        validate_emr_config(cfg, pinned_pyspark())
+        parse_emr_config(cfg, "x.yaml", pinned_pyspark())
     assert message in str(exc.value)
 
 
@@ -52,13 +57,13 @@ def test_emr_config_load_names_the_file(tmp_path):
     del cfg["tags"]
     bad = tmp_path / "emr.yaml"
     bad.write_text(yaml.safe_dump(cfg))
-    with pytest.raises(ConfigError, match=rf"{bad}: missing key 'tags'"):
+    with pytest.raises(ConfigError, match=rf"{bad}: tags: missing required key"):
         load_emr_config(bad)
 
 
 def test_pipeline_config_stages_and_placeholders():
     pipeline = load_pipeline_config()
-    assert tuple(s["module"] for s in pipeline["stages"]) == STAGE_MODULES
+    assert tuple(s.module for s in pipeline.stages) == STAGE_MODULES
     stages = stage_args(pipeline, "s3://b/r/RUN", {"sweeps": "s3://b/r/RUN/inputs/sweeps",
                                                    "cosmos": "s3://b/r/RUN/inputs/cosmos",
                                                    "coadds": "https://example.org/dr10/south"})
@@ -67,14 +72,19 @@ def test_pipeline_config_stages_and_placeholders():
     assert "--bank" in args["jobs.inject_stamps"] and "s3://b/r/RUN/bank/bank.h5" in args["jobs.inject_stamps"]
     assert all("{" not in a for _, argv, _ in stages for a in argv)
 
-    bad = copy.deepcopy(pipeline)
-    bad["stages"][3]["args"].append("{inputs.nosuch}")
+    stages = list(pipeline.stages)
+    stages[3] = replace(stages[3], args=stages[3].args + ("{inputs.nosuch}",))
+    bad = replace(pipeline, stages=tuple(stages))
     with pytest.raises(ConfigError, match=r"stages\[3\] \(jobs.make_cutouts\): unknown placeholder \{inputs.nosuch\}"):
         stage_args(bad, "s3://b/r/RUN", {"sweeps": "x", "cosmos": "y", "coadds": "z"})
-    swapped = copy.deepcopy(pipeline)
+    swapped = yaml.safe_load(PIPELINE_CONFIG.read_text())
     swapped["stages"][0], swapped["stages"][1] = swapped["stages"][1], swapped["stages"][0]
-    with pytest.raises(ConfigError, match="must be the six stages in order"):
-        validate_pipeline_config(swapped)
+    with pytest.raises(ConfigError, match=r"^p.yaml: stages: must be the six stages in order"):
+        parse_pipeline_config(swapped, "p.yaml")
+    no_output = yaml.safe_load(PIPELINE_CONFIG.read_text())
+    no_output["stages"][2]["args"].remove("--output")
+    with pytest.raises(ConfigError, match=r"p.yaml: stages\[2\].args: \(jobs.build_manifest\) has no --output"):
+        parse_pipeline_config(no_output, "p.yaml")
 
 
 def test_pipeline_stage_args_match_job_parsers(capsys):

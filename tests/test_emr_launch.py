@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from emr import launch
+from emr.config import Fleet, Price
 from emr.follow import capacity_cost, instance_cost
 from emr.package import DirtyTreeError, build_zip, check_clean, head_sha
 from udfs.config.provenance import REPO_ROOT
@@ -113,14 +114,8 @@ def _committed(paths: tuple[str, ...]) -> list[str]:
     return sorted(out.split())
 
 
-def test_launch_end_to_end(aws, data_root):
-    captured: dict = {}
-    base = ["--force", "--run-id", "t1", "--s3-root", ROOT, "--poll-seconds", "0"]
-    rc, out, err = _run(base, session=_session(captured), sleep=Driver())
-    assert rc == 0, err
-    sha = head_sha(REPO_ROOT)
-
-    # Uploads: code zip = the committed tree at HEAD, entry script, bootstrap, configs, local inputs.
+def _check_uploads(sha: str, data_root) -> dict:
+    """Code zip = the committed tree at HEAD, entry script, bootstrap, configs, local inputs; the run record."""
     keys = _keys("runs/t1/")
     zip_key = f"runs/t1/code/lensinj-{sha}.zip"
     for key in (zip_key, "runs/t1/code/run_stage.py", "runs/t1/bootstrap/install_deps.sh",
@@ -136,10 +131,14 @@ def test_launch_end_to_end(aws, data_root):
     record = json.loads(s3.get_object(Bucket=BUCKET, Key="runs/t1/run.json")["Body"].read())
     assert record["code_version"] == sha and len(record["config_hash"]) == 16
     assert record["cluster_id"].startswith("j-")
+    assert record["emr_config"]["fleets"]["core"]["spot"] == 2 and record["emr_config"]["s3_root"] == ROOT
+    assert [s["module"] for s in record["pipeline_config"]["stages"]] == MODULES
     assert SECRET not in json.dumps(record)
+    return record
 
-    # The request sent: release, fleets, configurations, bootstrap, logs, tags, auto-termination.
-    req = captured["RunJobFlow"]
+
+def _check_request(req: dict, sha: str, record: dict) -> None:
+    """The request sent: release, fleets, configurations, bootstrap, logs, tags, auto-termination."""
     assert req["ReleaseLabel"] == "emr-7.5.0"
     assert req["LogUri"] == f"{ROOT}/t1/logs/"
     assert req["AutoTerminationPolicy"] == {"IdleTimeout": 3600}
@@ -166,9 +165,10 @@ def test_launch_end_to_end(aws, data_root):
     assert tags["lensinj:code-version"] == sha and tags["lensinj:run-id"] == "t1"
     assert tags["lensinj:config-hash"] == record["config_hash"] and tags["project"] == "lensinj"
 
-    # What moto recorded: the cluster and the steps, in stage order, each ending the run on failure.
+
+def _check_cluster_and_steps(cid: str, sha: str) -> None:
+    """What moto recorded: the cluster and the steps, in stage order, each ending the run on failure."""
     emr = boto3.client("emr", region_name="us-east-1")
-    cid = record["cluster_id"]
     desc = emr.describe_cluster(ClusterId=cid)["Cluster"]
     assert desc["ReleaseLabel"] == "emr-7.5.0" and desc["LogUri"] == f"{ROOT}/t1/logs/"
     assert {t["Key"]: t["Value"] for t in desc["Tags"]}["lensinj:code-version"] == sha
@@ -182,6 +182,17 @@ def test_launch_end_to_end(aws, data_root):
     assert first[first.index("--code-version") + 1] == sha and "jobs.select_lrgs" in first
     assert first[first.index("--input") + 1] == f"{ROOT}/t1/inputs/sweeps/*.fits"
 
+
+def test_launch_end_to_end(aws, data_root):
+    captured: dict = {}
+    base = ["--force", "--run-id", "t1", "--s3-root", ROOT, "--poll-seconds", "0"]
+    rc, out, err = _run(base, session=_session(captured), sleep=Driver())
+    assert rc == 0, err
+    sha = head_sha(REPO_ROOT)
+    record = _check_uploads(sha, data_root)
+    _check_request(captured["RunJobFlow"], sha, record)
+    _check_cluster_and_steps(record["cluster_id"], sha)
+
     # Progress, outputs, wall time, cost.
     for i, module in enumerate(MODULES, start=1):
         assert f"stage {i}/6 {module}: RUNNING -> COMPLETED" in out
@@ -194,7 +205,7 @@ def test_launch_end_to_end(aws, data_root):
     before = boto3.client("emr", region_name="us-east-1").list_clusters()["Clusters"]
     rc, dry, _ = _run(["--dry-run", *base])
     assert rc == 0
-    assert json.loads(dry) == req
+    assert json.loads(dry) == captured["RunJobFlow"]
     assert boto3.client("emr", region_name="us-east-1").list_clusters()["Clusters"] == before
 
 
@@ -287,8 +298,8 @@ def test_dirty_tree_refused_unless_forced(tmp_path):
 
 def test_cost_estimates():
     t0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
-    pricing = {"m5.xlarge": {"ec2_on_demand": 0.192, "ec2_spot": 0.08, "emr": 0.048},
-               "m5.2xlarge": {"ec2_on_demand": 0.384, "ec2_spot": 0.16, "emr": 0.096}}
+    pricing = {"m5.xlarge": Price(ec2_on_demand=0.192, ec2_spot=0.08, emr=0.048),
+               "m5.2xlarge": Price(ec2_on_demand=0.384, ec2_spot=0.16, emr=0.096)}
     instances = [
         {"InstanceType": "m5.xlarge", "Market": "ON_DEMAND",
          "Status": {"Timeline": {"CreationDateTime": t0, "EndDateTime": t0 + timedelta(hours=2)}}},
@@ -298,10 +309,9 @@ def test_cost_estimates():
     usd, hours = instance_cost(instances, pricing, now=t0 + timedelta(hours=2))
     assert hours == pytest.approx(3.5)
     assert usd == pytest.approx(2 * (0.192 + 0.048) + 1.5 * (0.16 + 0.096))
-    cfg = {"pricing": pricing, "fleets": {
-        "primary": {"on_demand": 1, "spot": 0, "instance_types": ["m5.xlarge"]},
-        "core": {"on_demand": 1, "spot": 2, "instance_types": ["m5.xlarge", "m5.2xlarge"]}}}
-    usd, hours = capacity_cost(cfg, seconds=1800)
+    fleets = {"primary": Fleet(on_demand=1, spot=0, instance_types=("m5.xlarge",)),
+              "core": Fleet(on_demand=1, spot=2, instance_types=("m5.xlarge", "m5.2xlarge"))}
+    usd, hours = capacity_cost(fleets, pricing, seconds=1800)
     assert hours == pytest.approx(2.0)
     assert usd == pytest.approx(0.5 * ((0.192 + 0.048) + (0.384 + 0.096) + 2 * (0.16 + 0.096)))
 

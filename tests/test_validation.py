@@ -8,15 +8,20 @@ import pandas as pd
 import pytest
 
 from jobs import validate_cosmos_injection as job
-from tests.stamp_factory import BANDS, make_rows, write_dataset
+from tests.stamp_factory import BANDS, make_rows, schema, write_dataset
+from udfs.config.checker import ConfigError, load_yaml
+from udfs.config.provenance import REPO_ROOT
+from udfs.config.validation import load_config, parse_config
 from udfs.io import storage
-from udfs.qa.report import flux_residuals, pair_metrics
+from udfs.io.datasets import dataset_files
+from udfs.io.errors import InputError
+from udfs.qa import report_sections
+from udfs.qa.report import ERROR, flux_residuals, pair_metrics, read_task
 from udfs.qa.shortcut_gates import gate_auc
-from udfs.stamps.pixels import StampLayout
-from udfs.config.validation import ConfigError, load_config, parse_config
-from udfs.config.checker import load_yaml
+from udfs.stamps.pixels import StampInputError, StampLayout, stamp_layout
 
 SHAPE = (3, 64, 64)
+CONFIG = str(REPO_ROOT / "conf" / "validation.yaml")
 
 
 def _pairs(rows):
@@ -78,19 +83,19 @@ def test_gate_auc_separates_only_a_planted_shortcut():
 
 
 def test_config_errors_name_the_key(tmp_path):
-    data = load_yaml("conf/validation.yaml")
+    data = load_yaml(CONFIG)
     data["gates"]["annulus_pix"] = [3, 31]
     with pytest.raises(ConfigError, match=r"gates.annulus_pix: inner radius 3.0 must exceed core_radius_pix"):
         parse_config(data, "x.yaml")
-    data = load_yaml("conf/validation.yaml")
+    data = load_yaml(CONFIG)
     data["recall"]["fprz"] = [0.1]
     with pytest.raises(ConfigError, match=r"x.yaml: recall.fprz: unknown key"):
         parse_config(data, "x.yaml")
-    data = load_yaml("conf/validation.yaml")
+    data = load_yaml(CONFIG)
     del data["completeness"]["confidence"]
     with pytest.raises(ConfigError, match=r"completeness.confidence: missing required key"):
         parse_config(data, "x.yaml")
-    assert load_config("conf/validation.yaml").gates.core_radius_pix == 4
+    assert load_config(CONFIG).gates.core_radius_pix == 4
 
 
 def test_validation_job_clean_vs_core_shortcut_via_s3(spark, s3_bucket, tmp_path, capsys):
@@ -142,8 +147,6 @@ def test_validation_job_clean_vs_core_shortcut_via_s3(spark, s3_bucket, tmp_path
 def test_validation_bad_input_exits_2(tmp_path, capsys):
     import pyarrow.parquet as pq
 
-    from jobs.spark import dataset_files
-
     path = str(tmp_path / "s")
     write_dataset(path, make_rows(4, seed=1))
     last = dataset_files(path)[-1]  # the driver reads the first file's schema; this one fails in a task
@@ -154,3 +157,51 @@ def test_validation_bad_input_exits_2(tmp_path, capsys):
     assert f"error: {last}: missing column(s) arc_snr" in err and "Traceback" not in err
     assert job.main(["--stamps", str(tmp_path / "nothing"), "--output", str(tmp_path / "r.json")]) == 2
     assert "no Parquet files found" in capsys.readouterr().err
+
+
+def test_read_task_returns_a_bad_file_as_an_error_row(tmp_path):
+    """The Spark task hands a StampInputError back as data (no exception text to parse)."""
+    import pyarrow.parquet as pq
+
+    root = str(tmp_path / "s")
+    write_dataset(root, make_rows(4, seed=2))
+    files = dataset_files(root)
+    t = pq.read_table(files[-1])
+    pq.write_table(t.drop_columns(["pair_id"]).replace_schema_metadata(t.schema.metadata), files[-1])
+    layout = stamp_layout(schema(64), files[0])
+    out = list(read_task([pd.DataFrame({"path": files})], root=root, layout=layout, first_file=files[0],
+                         open_input=storage.open_input))
+    good, bad = out[:-1], out[-1]
+    assert all(df[ERROR].isna().all() and len(df) > 0 for df in good)
+    assert sum(len(df) for df in good) == len(make_rows(4, seed=2)) - t.num_rows
+    assert {df["split"].iloc[0] for df in good} == {"train", "val"}  # from the split= folders
+    assert len(bad) == 1 and bad[ERROR].iloc[0] == f"{files[-1]}: missing column(s) pair_id"
+    assert bad.drop(columns=[ERROR]).isna().all(axis=None)
+    assert issubclass(StampInputError, InputError) and not issubclass(StampInputError, ValueError)
+
+
+def test_failure_rate_that_depends_on_the_label_is_flagged():
+    counts = [{"is_control": False, "ok": True, "fail_reason": None, "count": 900},
+              {"is_control": False, "ok": False, "fail_reason": "psf_kernel_too_large", "count": 100},
+              {"is_control": True, "ok": True, "fail_reason": None, "count": 995},
+              {"is_control": True, "ok": False, "fail_reason": None, "count": 5}]
+    by_split = [{**r, "split": "train"} for r in counts]
+    section = report_sections.count_section(counts, by_split, distinct_task_ids=2000)
+    assert section["fail_reasons"] == {"injected": {"psf_kernel_too_large": 100}, "control": {"<null>": 5}}
+    assert section["by_split"]["train"] == {"injected": 1000, "control": 1000, "failed_injected": 100,
+                                            "failed_control": 5}
+    cfg = load_config(CONFIG)
+    flux = report_sections.flux_section(
+        {"n": 0, "complete": 0, "injected_without_control": 0, "control_without_injected": 0, "flux_fail": 0,
+         **{f"{k}_{b}": None for k in ("zero_viol", "z_mean", "z_n") for b in BANDS}}, {}, [], 0, BANDS)
+    checks = {k: 0 for k in report_sections.PIXEL_CHECKS} | {f"nonfinite_{c}": 0 for c in report_sections.FINITE_INJECTED}
+    gates = {g: {"auc": None, "flagged": None} for g in ("core", "annulus")}
+    rep = report_sections.dataset_report("x", 1, StampLayout(3, 64, BANDS, 0.262), section, checks, {}, flux,
+                                         gates, [])
+    flags = report_sections.flags(rep, cfg.flux_accounting)
+    assert flags[0] == "failures without fail_reason (control): 5"
+    assert flags[1].startswith("failure rate depends on the label: injected 100/1000, control 5/1000")
+    assert rep["rates"]["failure_rate_label_z"] > 3
+    section["failed"]["control"] = 95  # similar rates: no label flag
+    rep["counts"] = section
+    assert not any("depends on the label" in f for f in report_sections.flags(rep, cfg.flux_accounting))

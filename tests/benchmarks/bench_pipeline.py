@@ -19,57 +19,72 @@ import yaml
 REPLICATES = 300
 
 
-def run() -> dict:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from jobs import build_manifest, cosmos_source_loader, inject_stamps, make_cutouts, make_sample_sky, select_lrgs
-    from jobs.spark import dataset_files, get_spark
-    from udfs.stamps.manifest import load_config, manifest_hash
+def _inputs(d: Path) -> str:
+    """Build targets, bank, manifest (``REPLICATES`` per target), sky and cutouts under ``d`` as in
+    ``make run``; return the manifest folder stage 3 wrote."""
+    from jobs import build_manifest, cosmos_source_loader, make_cutouts, make_sample_sky, select_lrgs
     from udfs.config.provenance import REPO_ROOT
     from udfs.io.sample_data import data_root
-    from udfs.sources.bank import read_bank
-    from udfs.stamps.inject import inject_tasks, load_settings
+    from udfs.stamps.manifest import resolve_manifest
 
     conf = REPO_ROOT / "conf"
     ls = data_root() / "legacysurvey"
     cats = [str(ls / "dr8_sweeps"), str(ls / "dr8_tractor"), str(ls / "dr9_tractor")]
+    assert select_lrgs.main(["--input", *cats, "--output", str(d / "targets"),
+                             "--config", str(conf / "demo_lrg_selection.yaml")]) == 0
+    assert cosmos_source_loader.main(["--cosmos-dir", str(data_root() / "cosmos" / "btk_ext26"),
+                                      "--output", str(d / "bank.h5"), "--max-galaxies", "16",
+                                      "--seed", "1"]) == 0
+    priors = yaml.safe_load((conf / "demo_injection_priors.yaml").read_text())
+    priors["replicates"] = REPLICATES
+    (d / "priors.yaml").write_text(yaml.safe_dump(priors))
+    assert build_manifest.main(["--targets", str(d / "targets"), "--config", str(d / "priors.yaml"),
+                                "--output", str(d / "manifest"), "--bank", str(d / "bank.h5")]) == 0
+    assert make_sample_sky.main(["--targets", str(d / "targets"), "--catalogs", *cats[1:], cats[0],
+                                 "--output", str(d / "sky")]) == 0
+    assert make_cutouts.main(["--targets", str(d / "targets"), "--coadd-base", str(d / "sky"),
+                              "--output", str(d / "cutouts")]) == 0
+    return resolve_manifest(str(d / "manifest"))
+
+
+def _baseline(d: Path, manifest: str) -> float:
+    """Stamps per second of :func:`udfs.stamps.inject.inject_tasks` on the same rows, one process."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from udfs.config.provenance import REPO_ROOT
+    from udfs.io.datasets import dataset_files
+    from udfs.sources.bank import read_bank
+    from udfs.stamps.inject import inject_tasks, load_settings
+
+    tasks = pa.concat_tables([pq.read_table(f) for f in dataset_files(manifest)]).to_pandas()
+    cuts = pa.concat_tables([pq.read_table(f) for f in dataset_files(str(d / "cutouts"))]).to_pandas()
+    cuts = cuts[["target_id", "ok", "fail_reason", "dx_pix", "dy_pix", "image", "invvar", "maskbits"]]
+    joined = tasks.merge(cuts.rename(columns={"ok": "cutout_ok", "fail_reason": "cutout_fail_reason"}),
+                         on="target_id", how="left")
+    bank = read_bank(str(d / "bank.h5"))
+    settings = load_settings(str(REPO_ROOT / "conf" / "injection.yaml"))
+    inject_tasks(joined.head(4), bank, settings, 64)  # JIT warm-up
+    t0 = time.perf_counter()
+    inject_tasks(joined, bank, settings, 64)
+    return len(joined) / (time.perf_counter() - t0)
+
+
+def run() -> dict:
+    from jobs import inject_stamps
+    from jobs.spark import get_spark
+
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         get_spark("bench-pipeline")
-        assert select_lrgs.main(["--input", *cats, "--output", str(d / "targets"),
-                                 "--config", str(conf / "demo_lrg_selection.yaml")]) == 0
-        assert cosmos_source_loader.main(["--cosmos-dir", str(data_root() / "cosmos" / "btk_ext26"),
-                                          "--output", str(d / "bank.h5"), "--max-galaxies", "16",
-                                          "--seed", "1"]) == 0
-        priors = yaml.safe_load((conf / "demo_injection_priors.yaml").read_text())
-        priors["replicates"] = REPLICATES
-        (d / "priors.yaml").write_text(yaml.safe_dump(priors))
-        assert build_manifest.main(["--targets", str(d / "targets"), "--config", str(d / "priors.yaml"),
-                                    "--output", str(d / "manifest"), "--bank", str(d / "bank.h5")]) == 0
-        assert make_sample_sky.main(["--targets", str(d / "targets"), "--catalogs", *cats[1:], cats[0],
-                                     "--output", str(d / "sky")]) == 0
-        assert make_cutouts.main(["--targets", str(d / "targets"), "--coadd-base", str(d / "sky"),
-                                  "--output", str(d / "cutouts")]) == 0
-        bank = read_bank(str(d / "bank.h5"))
-        manifest = d / "manifest" / manifest_hash(load_config(str(d / "priors.yaml")), len(bank))
+        manifest = _inputs(d)
         t0 = time.perf_counter()
-        assert inject_stamps.main(["--manifest", str(manifest), "--cutouts", str(d / "cutouts"),
+        assert inject_stamps.main(["--manifest", manifest, "--cutouts", str(d / "cutouts"),
                                    "--bank", str(d / "bank.h5"), "--output", str(d / "stamps")]) == 0
         wall = time.perf_counter() - t0
         n = json.loads((d / "stamps" / "_summary.json").read_text())["n_stamps"]
         cut = json.loads((d / "cutouts" / "_summary.json").read_text())
-
-        tasks = pa.concat_tables([pq.read_table(f) for f in dataset_files(str(manifest))]).to_pandas()
-        cuts = pa.concat_tables([pq.read_table(f) for f in dataset_files(str(d / "cutouts"))]).to_pandas()
-        cuts = cuts[["target_id", "ok", "fail_reason", "dx_pix", "dy_pix", "image", "invvar", "maskbits"]]
-        joined = tasks.merge(cuts.rename(columns={"ok": "cutout_ok", "fail_reason": "cutout_fail_reason"}),
-                             on="target_id", how="left")
-        settings = load_settings(str(conf / "injection.yaml"))
-        inject_tasks(joined.head(4), bank, settings, 64)  # JIT warm-up
-        t0 = time.perf_counter()
-        inject_tasks(joined, bank, settings, 64)
-        direct = len(joined) / (time.perf_counter() - t0)
+        direct = _baseline(d, manifest)
     cores = 2  # local[2]
     per_core = n / wall / cores
     return {

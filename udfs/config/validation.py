@@ -1,4 +1,6 @@
-"""Load and check ``conf/validation.yaml`` (stage 6): errors name the file and the dotted key."""
+"""Load and check ``conf/validation.yaml`` (stage 6 and its completeness/recall jobs) into frozen
+dataclasses; errors (:class:`~udfs.config.checker.ConfigError`) name the file and the dotted key.
+Pixel radii are in pixels from the stamp centre ``(N-1)/2``; AUC limits, rates and confidences in [0, 1]."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -83,20 +85,19 @@ def _numbers(c: Checker, parent: dict, name: str, key: str, *, lo=None, hi=None,
     return out
 
 
-def parse_config(data: dict, source: str) -> ValidationConfig:
-    c = Checker(source)
-    c.unknown(data, {"report", "gates", "flux_accounting", "completeness", "recall"}, "")
-
+def _report(c: Checker, data: dict) -> ReportConfig:
     r = c.mapping(data, "report", "report")
     c.unknown(r, {"quantiles", "gallery_pairs", "histogram_bins", "compare_median_shift",
                   "compare_rate_diff"}, "report")
-    report = ReportConfig(
+    return ReportConfig(
         quantiles=_numbers(c, r, "quantiles", "report.quantiles", lo=0, hi=1, increasing=True),
         gallery_pairs=c.integer(r, "gallery_pairs", "report.gallery_pairs", lo=1, hi=100),
         histogram_bins=c.integer(r, "histogram_bins", "report.histogram_bins", lo=2, hi=1000),
         compare_median_shift=c.number(r, "compare_median_shift", "report.compare_median_shift", lo=0),
         compare_rate_diff=c.number(r, "compare_rate_diff", "report.compare_rate_diff", lo=0, hi=1))
 
+
+def _gates(c: Checker, data: dict) -> GateConfig:
     g = c.mapping(data, "gates", "gates")
     c.unknown(g, {"core_radius_pix", "annulus_pix", "core_auc_max", "annulus_auc_max", "cv_folds",
                   "regularization_c", "max_pairs", "seed", "min_pairs"}, "gates")
@@ -106,7 +107,7 @@ def parse_config(data: dict, source: str) -> ValidationConfig:
     core = c.number(g, "core_radius_pix", "gates.core_radius_pix", lo=0, lo_open=True)
     if annulus[0] <= core:
         raise c.fail("gates.annulus_pix", f"inner radius {annulus[0]} must exceed core_radius_pix {core}")
-    gates = GateConfig(
+    return GateConfig(
         core_radius_pix=core, annulus_pix=(annulus[0], annulus[1]),
         core_auc_max=c.number(g, "core_auc_max", "gates.core_auc_max", lo=0.5, hi=1),
         annulus_auc_max=c.number(g, "annulus_auc_max", "gates.annulus_auc_max", lo=0.5, hi=1),
@@ -116,16 +117,20 @@ def parse_config(data: dict, source: str) -> ValidationConfig:
         seed=c.integer(g, "seed", "gates.seed", lo=0),
         min_pairs=c.integer(g, "min_pairs", "gates.min_pairs", lo=4))
 
+
+def _flux(c: Checker, data: dict) -> FluxConfig:
     f = c.mapping(data, "flux_accounting", "flux_accounting")
     c.unknown(f, {"max_abs_sum_z", "max_chi2_dof", "zero_pixel_rounding_units", "max_fail_frac"},
               "flux_accounting")
-    flux = FluxConfig(
+    return FluxConfig(
         max_abs_sum_z=c.number(f, "max_abs_sum_z", "flux_accounting.max_abs_sum_z", lo=0, lo_open=True),
         max_chi2_dof=c.number(f, "max_chi2_dof", "flux_accounting.max_chi2_dof", lo=1, lo_open=True),
         zero_pixel_rounding_units=c.number(f, "zero_pixel_rounding_units",
                                            "flux_accounting.zero_pixel_rounding_units", lo=0, lo_open=True),
         max_fail_frac=c.number(f, "max_fail_frac", "flux_accounting.max_fail_frac", lo=0, hi=1))
 
+
+def _completeness(c: Checker, data: dict) -> CompletenessConfig:
     m = c.mapping(data, "completeness", "completeness")
     c.unknown(m, {"thresholds", "confidence", "bins", "heatmap"}, "completeness")
     bins_raw = c.mapping(m, "bins", "completeness.bins")
@@ -137,18 +142,20 @@ def parse_config(data: dict, source: str) -> ValidationConfig:
     heat = c.get(m, "heatmap", "completeness.heatmap")
     if not (isinstance(heat, list) and len(heat) == 2 and all(h in bins for h in heat) and heat[0] != heat[1]):
         raise c.fail("completeness.heatmap", f"expected two different axes from completeness.bins, got {heat!r}")
-    completeness = CompletenessConfig(
+    return CompletenessConfig(
         thresholds=_numbers(c, m, "thresholds", "completeness.thresholds", increasing=True),
         confidence=c.number(m, "confidence", "completeness.confidence", lo=0, hi=1, lo_open=True),
         bins=bins, heatmap=(heat[0], heat[1]))
 
+
+def _recall(c: Checker, data: dict) -> RecallConfig:
     e = c.mapping(data, "recall", "recall")
     c.unknown(e, {"thresholds", "fprs", "min_negatives_per_fpr", "bootstrap_count", "bootstrap_seed",
                   "confidence", "theta_e_bins", "histogram_bins"}, "recall")
     fprs = _numbers(c, e, "fprs", "recall.fprs", lo=0, hi=1)
     if any(x <= 0 for x in fprs):
         raise c.fail("recall.fprs", f"every FPR must be > 0, got {list(fprs)}")
-    recall = RecallConfig(
+    return RecallConfig(
         thresholds=_numbers(c, e, "thresholds", "recall.thresholds", increasing=True),
         fprs=fprs,
         min_negatives_per_fpr=c.number(e, "min_negatives_per_fpr", "recall.min_negatives_per_fpr",
@@ -158,8 +165,14 @@ def parse_config(data: dict, source: str) -> ValidationConfig:
         confidence=c.number(e, "confidence", "recall.confidence", lo=0, hi=1, lo_open=True),
         theta_e_bins=_numbers(c, e, "theta_e_bins", "recall.theta_e_bins", lo=0, increasing=True, min_len=2),
         histogram_bins=c.integer(e, "histogram_bins", "recall.histogram_bins", lo=2, hi=1000))
-    return ValidationConfig(report=report, gates=gates, flux_accounting=flux,
-                            completeness=completeness, recall=recall)
+
+
+def parse_config(data: dict, source: str) -> ValidationConfig:
+    """Check the parsed ``conf/validation.yaml`` mapping ``data`` (``source`` names it in errors)."""
+    c = Checker(source)
+    c.unknown(data, {"report", "gates", "flux_accounting", "completeness", "recall"}, "")
+    return ValidationConfig(report=_report(c, data), gates=_gates(c, data), flux_accounting=_flux(c, data),
+                            completeness=_completeness(c, data), recall=_recall(c, data))
 
 
 def load_config(uri: str) -> ValidationConfig:

@@ -1,7 +1,9 @@
-"""Per-row and per-pair checks of the stage-5 stamps dataset, and the comparison of two reports.
+"""Per-row and per-pair checks of the stage-5 stamps dataset: the stage-6 Spark task bodies.
 
-Everything here is NumPy/pandas on one file or one batch of pairs; ``jobs.validate_cosmos_injection``
-runs it in Spark tasks and aggregates. Conventions: images and arcs in nanomaggies, invvar in
+Everything here is NumPy/pandas on one file or one batch of pairs (no Spark): ``jobs.
+validate_cosmos_injection`` runs :func:`read_task` and :func:`pairs_task` with ``mapInPandas`` and
+aggregates; :mod:`udfs.qa.report_sections` turns the aggregates into the report. Columns come from
+:mod:`udfs.schemas.stamps`. Conventions: images and arcs in nanomaggies, invvar in
 nanomaggies^-2, ``gain_<band>`` in electrons per nanomaggy, radii from the stamp centre.
 
 Flux accounting (per pair, per band). The injected image is ``cutout + Poisson(arc * gain) / gain``
@@ -11,60 +13,75 @@ stored as float32, the control is the same cutout, and ``arc`` is the noiseless 
 of each stored value, ``numpy.spacing``). Reported: ``z_sum`` = summed residual over its sigma,
 ``chi2_dof`` = mean squared per-pixel residual in sigma units over the pixels where the arc
 holds >= ``CHI2_MIN_ELECTRONS`` electrons (Gaussian regime; fainter pixels make the mean
-heavy-tailed), 1 for correct noise, ~0 when the stored arc already holds the noise, ``zero_viol`` = pixels with ``arc <= 0`` where ``|d|`` exceeds
-``zero_pixel_rounding_units`` spacings.
+heavy-tailed), 1 for correct noise, ~0 when the stored arc already holds the noise,
+``zero_viol`` = pixels with ``arc <= 0`` where ``|d|`` exceeds ``zero_pixel_rounding_units`` spacings.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from udfs.io.datasets import partition_values
+from udfs.schemas import stamps as schema
 from udfs.stamps.pixels import StampInputError, StampLayout, annulus_mask, core_mask, hash_uniform, \
-    pixel_array, radii
+    pixel_array, radii, stamp_layout
 
-IDENTITY = ["task_id", "target_id", "pair_id", "is_control", "replicate", "seed", "config_hash",
-            "code_version", "ra", "dec", "brickname"]
-TRUTH = ["theta_e", "lens_e1", "lens_e2", "shear_g1", "shear_g2", "src_x", "src_y", "src_phi", "src_mode",
-         "src_index", "src_z", "src_mag_g", "src_mag_r", "src_mag_z", "sersic_n", "sersic_re_arcsec",
-         "sersic_q", "src_gini", "src_m20", "src_clumpiness", "src_hlr_arcsec"]
-CONDITIONS = ["psf_fwhm_g", "psf_fwhm_r", "psf_fwhm_z", "psfdepth_g", "psfdepth_r", "psfdepth_z"]
-METRICS = ["magnification", "arc_flux_g", "arc_flux_r", "arc_flux_z", "arc_snr_g", "arc_snr_r", "arc_snr_z",
-           "arc_snr", "core_flux_frac", "n_images", "gain_g", "gain_r", "gain_z"]
-STATUS = ["ok", "fail_reason"]
-PIXELS = ["image", "invvar", "arc"]
+#: the stamp columns stage 6 needs in every file (a missing one is a bad dataset, named by file)
 REQUIRED = ["task_id", "pair_id", "is_control", "ok", "fail_reason", "theta_e", "arc_snr", "core_flux_frac",
             "magnification", "arc_flux_g", "arc_flux_r", "arc_flux_z", "psf_fwhm_r", "image", "invvar", "arc"]
-SCALARS = IDENTITY + TRUTH + CONDITIONS + METRICS + STATUS
+#: scalar columns read (``split`` included: from the file or its ``split=`` folder), name -> Arrow type
+SCALAR_TYPES = {name: typ for name, typ, _ in schema.scalar_fields() + schema.PROVENANCE_FIELDS}
+SCALARS = list(SCALAR_TYPES)
+PIXELS = schema.FLOAT_PIXELS
 #: float columns that must be finite on ok injected rows (truth that always applies and metrics)
 FINITE_INJECTED = ["theta_e", "lens_e1", "lens_e2", "shear_g1", "shear_g2", "src_x", "src_y", "src_mag_r",
                    "magnification", "arc_flux_g", "arc_flux_r", "arc_flux_z", "arc_snr", "core_flux_frac"]
 CHI2_MIN_ELECTRONS = 10.0
-ROW_CHECKS = ["nonfinite_image", "nonfinite_invvar", "nonfinite_arc", "negative_invvar",
-              "failed_with_values", "control_arc_nonzero", "arc_r50_arcsec"]
+#: per-row checks (:func:`row_checks`) and their Spark types
+ROW_CHECKS = {"nonfinite_image": "bigint", "nonfinite_invvar": "bigint", "nonfinite_arc": "bigint",
+              "negative_invvar": "bigint", "failed_with_values": "boolean", "control_arc_nonzero": "boolean",
+              "arc_r50_arcsec": "double"}
+ERROR = "error"  # the read task's column holding a StampInputError message (rows of a bad file)
+_SPARK = {pa.string(): "string", pa.bool_(): "boolean", pa.float64(): "double"}
+assert set(REQUIRED) <= set(SCALARS) | set(PIXELS)
 
 
-def read_stamp_rows(path: str, layout: StampLayout, open_input, *, with_pixels: bool = True) -> pd.DataFrame:
-    """One stamps file as pandas: scalar columns present in the file, the row checks, and (for ok
-    rows, ``with_pixels``) the ``image`` and ``arc`` pixel lists; ``split`` from a ``split=`` folder."""
+def _spark_type(typ: pa.DataType) -> str:
+    return "bigint" if pa.types.is_integer(typ) else _SPARK[typ]
+
+
+def row_ddl() -> str:
+    """Spark DDL of the rows :func:`read_task` yields: scalars, row checks, ok-row pixels, error."""
+    cols = [f"{c} {_spark_type(t)}" for c, t in SCALAR_TYPES.items()]
+    cols += [f"{c} {t}" for c, t in ROW_CHECKS.items()]
+    return ", ".join(cols + ["image array<float>", "arc array<float>", f"{ERROR} string"])
+
+
+def read_stamp_rows(root: str, path: str, layout: StampLayout, open_input, *,
+                    with_pixels: bool = True) -> pd.DataFrame:
+    """One stamps file of the dataset at ``root`` as pandas: its scalar columns (absent ones null,
+    integers as nullable Int64), the row checks, and (for ok rows, ``with_pixels``) the ``image``
+    and ``arc`` pixel lists; ``split`` from a ``split=`` folder when the file has no such column."""
     with open_input(path) as f:
         pf = pq.ParquetFile(f)
         names = pf.schema_arrow.names
         missing = [c for c in REQUIRED if c not in names]
         if missing:
             raise StampInputError(f"{path}: missing column(s) {', '.join(missing)}")
-        cols = [c for c in SCALARS + ["split"] if c in names] + PIXELS
-        table = pf.read(columns=cols)
+        table = pf.read(columns=[c for c in SCALARS if c in names] + PIXELS)
     df = table.drop_columns(PIXELS).to_pandas()
     for c in SCALARS:
         if c not in df:
             df[c] = None
-    if "split" not in df:
-        df["split"] = next((seg.split("=", 1)[1] for seg in path.split("/")[:-1] if seg.startswith("split=")), None)
+    if "split" not in table.column_names:
+        df["split"] = partition_values(root, path).get("split")
+    for c, typ in SCALAR_TYPES.items():
+        if pa.types.is_integer(typ):
+            df[c] = df[c].astype("Int64")
     shape = (layout.n_bands, layout.npix, layout.npix)
-    image = pixel_array(table.column("image"), shape)
-    invvar = pixel_array(table.column("invvar"), shape)
-    arc = pixel_array(table.column("arc"), shape)
+    image, invvar, arc = (pixel_array(table.column(c), shape) for c in PIXELS)
     checks = row_checks(df["ok"].to_numpy(bool), df["is_control"].to_numpy(bool), image, invvar, arc,
                         layout.pixel_scale)
     for k, v in checks.items():
@@ -74,6 +91,44 @@ def read_stamp_rows(path: str, layout: StampLayout, open_input, *, with_pixels: 
         df["image"] = [image[i].ravel().astype(np.float32) if ok[i] else None for i in range(len(df))]
         df["arc"] = [arc[i].ravel().astype(np.float32) if ok[i] else None for i in range(len(df))]
     return df
+
+
+def read_task(batches, *, root: str, layout: StampLayout, first_file: str, open_input):
+    """The stage-6 read task (``mapInPandas`` over batches of ``path``): each file's rows
+    (:func:`read_stamp_rows`, columns of :func:`row_ddl`), checked against the driver's ``layout``.
+
+    A file that breaks the stamps layout yields one row whose ``error`` holds the
+    :class:`StampInputError` message (all else null): the driver raises it, naming the file.
+    """
+    cols = SCALARS + list(ROW_CHECKS) + ["image", "arc", ERROR]
+    for batch in batches:
+        for path in batch["path"]:
+            try:
+                with open_input(path) as f:
+                    file_layout = stamp_layout(pq.read_schema(f), path)
+                if file_layout != layout:
+                    raise StampInputError(f"{path}: layout {file_layout} differs from {first_file}: {layout}")
+                df = read_stamp_rows(root, path, layout, open_input)
+                df[ERROR] = None
+            except StampInputError as exc:
+                df = pd.DataFrame({c: [None] for c in cols}).assign(**{ERROR: [str(exc)]})
+            yield df[cols]
+
+
+def pair_ddl(bands: str) -> str:
+    """Spark DDL of the rows :func:`pairs_task` yields (one per pair_id)."""
+    per_band = ", ".join(f"z_sum_{b} double, chi2_dof_{b} double, zero_viol_{b} bigint" for b in bands)
+    return ("pair_id string, complete boolean, has_injected boolean, has_control boolean, " + per_band +
+            ", flux_fail boolean, sampled boolean, core_inj array<float>, core_ctl array<float>, "
+            "ann_inj array<float>, ann_ctl array<float>")
+
+
+def pairs_task(batches, *, layout: StampLayout, **kw):
+    """The stage-6 pair task (``mapInPandas`` over the injected/control full outer join):
+    :func:`pair_metrics` per batch, columns of :func:`pair_ddl`."""
+    cols = [f.split(" ")[0] for f in pair_ddl(layout.bands).split(", ")]
+    for pdf in batches:
+        yield pair_metrics(pdf.reset_index(drop=True), layout, **kw)[cols]
 
 
 def row_checks(ok: np.ndarray, is_control: np.ndarray, image: np.ndarray, invvar: np.ndarray,
@@ -183,58 +238,3 @@ def pair_metrics(pdf: pd.DataFrame, layout: StampLayout, *, core_radius: float, 
         out.at[i, "ann_inj"] = inj[j][:, ann].ravel().astype(np.float32)
         out.at[i, "ann_ctl"] = ctl[j][:, ann].ravel().astype(np.float32)
     return out
-
-
-def quantile_block(values: dict[str, list], probs) -> dict:
-    """``{column: {"q0.5": v, ...}}`` from per-column lists aligned with ``probs`` (None stays None)."""
-    return {col: (None if vals is None else {f"q{p:g}": (None if v is None else float(v))
-                                             for p, v in zip(probs, vals)})
-            for col, vals in values.items()}
-
-
-def compare_reports(a: dict, b: dict, *, median_shift: float, rate_diff: float) -> dict:
-    """Differences that matter between two reports (A = --stamps, B = --compare).
-
-    Highlighted: a distribution whose median moved by more than ``median_shift`` x the mean of the
-    two inter-quantile ranges q0.16..q0.84 (about 1 sigma either side), failure and flux-accounting
-    rates that differ by more than ``rate_diff``, gates whose AUC or flag differ.
-    """
-    highlights, rows = [], []
-    for section in ("injected", "morphology", "psf_depth_injected", "psf_depth_control"):
-        da, db = a.get("distributions", {}).get(section, {}), b.get("distributions", {}).get(section, {})
-        for col in sorted(set(da) & set(db)):
-            qa, qb = da[col], db[col]
-            if not qa or not qb or qa.get("q0.5") is None or qb.get("q0.5") is None:
-                continue
-            spread = [q.get("q0.84") - q.get("q0.16") for q in (qa, qb)
-                      if q.get("q0.84") is not None and q.get("q0.16") is not None]
-            width = float(np.mean(spread)) if spread else 0.0
-            shift = qb["q0.5"] - qa["q0.5"]
-            rel = shift / width if width > 0 else (0.0 if shift == 0 else float("inf"))
-            row = {"section": section, "column": col, "median_a": qa["q0.5"], "median_b": qb["q0.5"],
-                   "shift": shift, "shift_over_width": rel, "highlight": abs(rel) > median_shift}
-            rows.append(row)
-            if row["highlight"]:
-                highlights.append(f"{section}.{col}: median {qa['q0.5']:.4g} -> {qb['q0.5']:.4g} "
-                                  f"({rel:+.2f} x the 16-84% width)")
-    rates = []
-    for key in ("failure_rate_injected", "failure_rate_control", "flux_accounting_fail_rate"):
-        ra, rb = a.get("rates", {}).get(key), b.get("rates", {}).get(key)
-        if ra is None or rb is None:
-            continue
-        hl = abs(rb - ra) > rate_diff
-        rates.append({"rate": key, "a": ra, "b": rb, "diff": rb - ra, "highlight": hl})
-        if hl:
-            highlights.append(f"{key}: {ra:.4g} -> {rb:.4g}")
-    gates = []
-    for g in ("core", "annulus"):
-        ga, gb = a.get("gates", {}).get(g, {}), b.get("gates", {}).get(g, {})
-        if ga.get("auc") is None or gb.get("auc") is None:
-            continue
-        hl = bool(ga.get("flagged")) != bool(gb.get("flagged")) or abs(gb["auc"] - ga["auc"]) > 0.05
-        gates.append({"gate": g, "auc_a": ga["auc"], "auc_b": gb["auc"], "flagged_a": ga.get("flagged"),
-                      "flagged_b": gb.get("flagged"), "highlight": hl})
-        if hl:
-            highlights.append(f"gate {g}: AUC {ga['auc']:.3f} -> {gb['auc']:.3f}"
-                              f" (flagged {ga.get('flagged')} -> {gb.get('flagged')})")
-    return {"distributions": rows, "rates": rates, "gates": gates, "highlights": highlights}

@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
+from udfs.io.datasets import schema_metadata
+from udfs.io.errors import InputError
+from udfs.schemas.stamps import LAYOUT_KEYS
 
-class StampInputError(ValueError):
+_FLOAT = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
+
+
+class StampInputError(InputError):
     """The stamps dataset does not follow the stage-5 layout (message names the file and the key)."""
 
 
@@ -30,15 +37,18 @@ class StampLayout:
 
 def stamp_layout(schema: pa.Schema, source: str) -> StampLayout:
     """Read ``image_shape``, ``band_order`` and ``pixel_scale_arcsec`` from the schema metadata."""
-    meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
-    for key in ("image_shape", "band_order", "pixel_scale_arcsec"):
+    meta = schema_metadata(schema)
+    for key in LAYOUT_KEYS:
         if key not in meta:
             raise StampInputError(f"{source}: schema metadata has no {key!r} (expected the stage-5 stamps layout)")
     try:
         shape = json.loads(meta["image_shape"])
-        pixel_scale = float(meta["pixel_scale_arcsec"])
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise StampInputError(f"{source}: unreadable schema metadata image_shape/pixel_scale_arcsec ({exc})") from exc
+    if not _FLOAT.match(meta["pixel_scale_arcsec"]):
+        raise StampInputError(f"{source}: unreadable schema metadata image_shape/pixel_scale_arcsec "
+                              f"(pixel_scale_arcsec is {meta['pixel_scale_arcsec']!r}, not a number)")
+    pixel_scale = float(meta["pixel_scale_arcsec"])
     if not (isinstance(shape, list) and len(shape) == 3 and shape[1] == shape[2] and shape[0] == len(meta["band_order"])):
         raise StampInputError(f"{source}: image_shape {meta['image_shape']} does not match band_order "
                               f"{meta['band_order']!r} as [n_bands, N, N]")
