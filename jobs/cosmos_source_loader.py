@@ -5,28 +5,24 @@
         [--exclusion-level LEVEL] [--mag-min M] [--mag-max M] [--hlr-min A] [--hlr-max A]
 
 The driver validates the catalogue and applies the catalogue-level cuts; Spark renders the
-remaining galaxies in ``--workers`` partitions (each task opens the catalogue once and returns
-plain arrays); the driver writes the bank in catalogue order through ``udfs.io.storage`` (local or
-s3://) and prints a summary. Layout: :mod:`udfs.sources.bank`.
+remaining galaxies in ``--workers`` partitions (:func:`udfs.sources.bank_build.render_rows`; an
+``s3://`` catalogue is staged once per Python worker, each task returns plain arrays); the driver
+writes the bank in catalogue order through ``udfs.io.storage`` (local or s3://) and prints a summary. Layout: :mod:`udfs.sources.bank`.
 """
 from __future__ import annotations
 
 import argparse
-import collections
-import json
 import os
 import sys
-import tempfile
 import threading
 import time
 
-import numpy as np
-
-from udfs.sources import bank_build
+from jobs.cli import job_main
 from udfs.config import bank as bank_config
-from udfs.io import storage
-from udfs.sources.cosmos_catalog import CatalogError, open_catalog, stage_to_local
 from udfs.config.provenance import REPO_ROOT, code_version, config_hash
+from udfs.io import storage
+from udfs.sources import bank_build
+from udfs.sources.cosmos_catalog import open_catalog, staged_directory
 
 DEFAULT_CONFIG = str(REPO_ROOT / "conf" / "bank.yaml")
 
@@ -54,22 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _render_partition(cosmos_dir: str, indices: list[int], cfg: dict, seed: int):
-    """Spark task: render the given catalogue rows; yields plain tuples (no GalSim objects)."""
-    import galsim
-
-    with tempfile.TemporaryDirectory(prefix="cosmos-") as tmp:
-        cat = open_catalog(stage_to_local(cosmos_dir, tmp))
-        rgc = galsim.RealGalaxyCatalog(cat.file_name, dir=cat.directory)
-        try:
-            for index in indices:
-                status, row, image = bank_build.process_galaxy(cat, rgc, index, cfg, seed)
-                yield index, status, json.dumps(row), (image.tobytes() if image is not None else None)
-        finally:
-            rgc.close()
-
-
-def _run_spark(cosmos_dir: str, todo: list[int], cfg: dict, seed: int, workers: int) -> list:
+def _run_spark(cosmos_dir: str, todo: list[int], cfg: bank_config.BankConfig, seed: int, workers: int) -> list:
+    """Render the ``todo`` rows in Spark tasks (:func:`udfs.sources.bank_build.render_rows`), with a
+    progress bar; the results sorted by catalogue row."""
     from tqdm import tqdm
 
     from jobs.spark import get_spark
@@ -79,7 +62,7 @@ def _run_spark(cosmos_dir: str, todo: list[int], cfg: dict, seed: int, workers: 
     n_parts = max(1, min(len(todo), workers * 4))   # several tasks per worker: a smoother progress bar
     chunks = [todo[k::n_parts] for k in range(n_parts)]
     rdd = sc.parallelize(list(enumerate(chunks)), n_parts).flatMap(
-        lambda kv: _render_partition(cosmos_dir, kv[1], cfg, seed))
+        lambda kv: bank_build.render_rows(cosmos_dir, kv[1], cfg, seed))
     group = f"bank-{os.getpid()}-{time.time_ns()}"
     result, error = [], []
 
@@ -109,61 +92,44 @@ def _run_spark(cosmos_dir: str, todo: list[int], cfg: dict, seed: int, workers: 
     return sorted(result, key=lambda r: r[0])
 
 
-def build(args: argparse.Namespace) -> dict:
+def _load_config(args: argparse.Namespace) -> bank_config.BankConfig:
     overrides = {"selection": {"exclusion_level": args.exclusion_level, "mag_f814w_min": args.mag_min,
                                "mag_f814w_max": args.mag_max, "hlr_arcsec_min": args.hlr_min,
                                "hlr_arcsec_max": args.hlr_max,
                                "max_neighbour_flux_ratio": args.max_neighbour_flux_ratio}}
-    cfg = bank_config.load(args.config, overrides)
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="cosmos-driver-") as tmp:
-        cat = open_catalog(stage_to_local(args.cosmos_dir, tmp))
-        rows = np.arange(len(cat))
-        if args.max_galaxies is not None and args.max_galaxies < len(cat):
-            rng = np.random.default_rng(args.seed)
-            rows = np.sort(rng.choice(len(cat), size=args.max_galaxies, replace=False))
-        pre = bank_build.catalogue_cuts(cat, cfg)[rows]
-    counts = collections.Counter(bank_build.REASONS[r] for r in pre if r >= 0)
-    todo = [int(i) for i in rows[pre < 0]]
-    results = _run_spark(args.cosmos_dir, todo, cfg, args.seed, args.workers) if todo else []
-    size = cfg["render"]["stamp_size"]
-    images, metas = [], []
-    for _, status, row_json, image in results:
-        if status == "selected":
-            metas.append(json.loads(row_json))
-            images.append(np.frombuffer(image, dtype=np.float32).reshape(size, size))
-        else:
-            counts[status] += 1
-    meta = {name: np.array([m[name] for m in metas]) if metas else np.zeros(0) for name in bank_build.META_COLUMNS}
-    run_config = {**cfg, "cosmos_dir": args.cosmos_dir, "max_galaxies": args.max_galaxies, "seed": args.seed}
-    attrs = {"pixel_scale_arcsec": float(cfg["render"]["pixel_scale_arcsec"]), "code_version": code_version(),
-             "config": run_config, "config_hash": config_hash(run_config), "catalog_name": cat.file_name,
-             "n_considered": int(len(rows)),
-             "rejected_counts": {k: int(counts.get(k, 0)) for k in bank_build.REASONS}}
-    stack = np.stack(images) if images else np.zeros((0, size, size), np.float32)
-    blob = bank_build.write_bank(stack, meta, attrs, cfg)
-    storage.write_bytes(args.output, blob)
-    return {"output": args.output, "catalogue": cat.path, "considered": int(len(rows)), "selected": len(images),
-            "rejected": {k: int(counts[k]) for k in bank_build.REASONS if counts.get(k)},
-            "seconds": round(time.perf_counter() - start, 1), "bytes": len(blob)}
+    return bank_config.load(args.config, overrides)
 
 
+def _attrs(cfg: bank_config.BankConfig, args: argparse.Namespace, catalog_name: str, n_considered: int,
+           rejected: dict[str, int]) -> dict:
+    """The bank's HDF5 attributes: provenance, the run's config and the selection counts."""
+    run_config = {**cfg.as_dict(), "cosmos_dir": args.cosmos_dir, "max_galaxies": args.max_galaxies,
+                  "seed": args.seed}
+    return {"pixel_scale_arcsec": float(cfg.render.pixel_scale_arcsec), "code_version": code_version(),
+            "config": run_config, "config_hash": config_hash(run_config), "catalog_name": catalog_name,
+            "n_considered": n_considered, "rejected_counts": rejected}
+
+
+@job_main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        summary = build(args)
-    except (CatalogError, bank_config.ConfigError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"COSMOS source bank: {summary['output']}")
-    print(f"  catalogue  {summary['catalogue']}")
-    print(f"  considered {summary['considered']}, selected {summary['selected']}")
-    for reason, n in summary["rejected"].items():
-        print(f"  rejected   {n:6d}  {reason}")
-    print(f"  time {summary['seconds']} s, file size {summary['bytes'] / 1e6:.2f} MB")
+    cfg = _load_config(args)
+    start = time.perf_counter()
+    cat = open_catalog(staged_directory(args.cosmos_dir))
+    rows = bank_build.considered_rows(cat, args.max_galaxies, args.seed)
+    pre = bank_build.catalogue_cuts(cat, cfg)[rows]
+    todo = [int(i) for i in rows[pre < 0]]
+    results = _run_spark(args.cosmos_dir, todo, cfg, args.seed, args.workers) if todo else []
+    images, meta, rejected = bank_build.assemble(results, pre, cfg)
+    blob = bank_build.write_bank(images, meta, _attrs(cfg, args, cat.file_name, len(rows), rejected), cfg.output)
+    storage.write_bytes(args.output, blob)
+    print(f"COSMOS source bank: {args.output}")
+    print(f"  catalogue  {cat.path}")
+    print(f"  considered {len(rows)}, selected {len(images)}")
+    for reason, n in rejected.items():
+        if n:
+            print(f"  rejected   {n:6d}  {reason}")
+    print(f"  time {round(time.perf_counter() - start, 1)} s, file size {len(blob) / 1e6:.2f} MB")
     return 0
 
 

@@ -17,9 +17,15 @@ import argparse
 import json
 import sys
 
-from jobs.cli import InputError
+from jobs.cli import InputError, job_main
 from udfs.io import storage
+from udfs.io.datasets import open_dataset
+from udfs.survey.bands import SURVEY_BANDS, check_bands
 from udfs.survey.bricks import brick_from_name
+from udfs.survey.sample_sky import read_catalogs, render_partition
+from udfs.survey.tractor_catalog import expand_inputs
+
+TARGET_COLUMNS = ["brickname", "ra", "dec"]
 
 
 def parse_args(argv):
@@ -27,76 +33,53 @@ def parse_args(argv):
     p.add_argument("--targets", required=True, help="Parquet dataset with brickname, ra, dec")
     p.add_argument("--catalogs", nargs="+", required=True, help="Tractor/sweep catalogues (folders, globs, files)")
     p.add_argument("--output", required=True, help="base folder (local or s3://) for coadd/<bri>/<brick>/")
-    p.add_argument("--bands", default="grz")
+    p.add_argument("--bands", default=SURVEY_BANDS)
     p.add_argument("--stamp-size", type=int, default=64, help="stamps the section must hold (pixels)")
     p.add_argument("--margin", type=int, default=64, help="extra pixels around the stamps")
     p.add_argument("--seed", type=int, default=0, help="noise seed (with brick and band)")
     p.add_argument("--full-brick", action="store_true", help="write 3600x3600 bricks instead of sections")
-    return p.parse_args(argv)
-
-
-def run(args) -> dict:
-    from jobs.spark import get_spark, read_parquet, write_json
-    from udfs.survey.sample_sky import read_catalogs
-    from udfs.survey.tractor_catalog import CatalogError, expand_inputs
-
-    if not args.bands or any(b not in "grz" for b in args.bands):
-        raise InputError(f"--bands: {args.bands!r} must be letters from 'grz'")
+    args = p.parse_args(argv)
+    problem = check_bands(args.bands, SURVEY_BANDS)
+    if problem:
+        raise InputError(f"--bands: {problem}")
     if args.stamp_size < 1 or args.margin < 0:
         raise InputError("--stamp-size must be >= 1 and --margin >= 0")
-    try:
-        catalogs = []
-        for spec in args.catalogs:  # keep the caller's order: earlier catalogues win duplicates
-            catalogs += [u for u in expand_inputs([spec]) if u not in catalogs]
-    except CatalogError as exc:
-        raise InputError(str(exc)) from exc
-    read_catalogs(catalogs, args.bands)  # fail early, on the driver, naming a bad file or column
+    return args
 
+
+def _catalogs(specs: list[str]) -> list[str]:
+    """The catalogue files, in the caller's order (earlier ones win duplicates)."""
+    catalogs = []
+    for spec in specs:
+        catalogs += [u for u in expand_inputs([spec]) if u not in catalogs]
+    return catalogs
+
+
+@job_main
+def main(argv=None) -> int:
+    from jobs.spark import get_spark, read_parquet, write_json
+
+    args = parse_args(argv)
+    catalogs = _catalogs(args.catalogs)
+    read_catalogs(catalogs, args.bands)  # fail early, on the driver, naming a bad file or column
+    open_dataset(args.targets, "the targets dataset", TARGET_COLUMNS)
     spark = get_spark("make_sample_sky")
-    targets = read_parquet(spark, args.targets)
-    missing = [c for c in ("brickname", "ra", "dec") if c not in targets.columns]
-    if missing:
-        raise InputError(f"{args.targets}: missing column(s) {', '.join(missing)}")
-    rows = targets.select("brickname", "ra", "dec").toPandas()
+    rows = read_parquet(spark, args.targets).select(*TARGET_COLUMNS).toPandas()
     if rows.empty:
         raise InputError(f"{args.targets}: no targets")
     for name in sorted(rows["brickname"].unique()):
-        brick_from_name(name)  # ValueError naming a bad brick name
+        brick_from_name(name)  # BrickError naming a bad brick name
 
     opts = dict(bands=args.bands, stamp_size=args.stamp_size, margin=args.margin, seed=args.seed,
                 full_brick=args.full_brick)
     base = args.output
-
-    def render(batches):
-        import pandas as pd
-
-        from udfs.survey.sample_sky import read_catalogs, write_sky_for_targets
-
-        for batch in batches:
-            if batch.empty:
-                continue
-            cat = read_catalogs(catalogs, opts["bands"])
-            for s in write_sky_for_targets(batch, cat, base, **opts):
-                yield pd.DataFrame({"brickname": [s["brickname"]], "summary": [json.dumps(s, sort_keys=True)]})
-
-    n_bricks = int(rows["brickname"].nunique())
-    df = spark.createDataFrame(rows).repartition(max(n_bricks, 1), "brickname")
+    df = spark.createDataFrame(rows).repartition(max(int(rows["brickname"].nunique()), 1), "brickname")
     # collect, then sort here: a Spark sort would sample, i.e. run the rendering tasks twice
-    done = sorted(df.mapInPandas(render, "brickname string, summary string").collect(),
-                  key=lambda r: r["brickname"])
+    done = sorted(df.mapInPandas(lambda batches: render_partition(batches, catalogs, base, opts),
+                                 "brickname string, summary string").collect(), key=lambda r: r["brickname"])
     summary = {"kind": "rendered stand-in sky (NOT real survey imaging)", "catalogs": catalogs,
                "options": opts, "bricks": [json.loads(r["summary"]) for r in done]}
     write_json(storage.join(base, "sample_sky.json"), summary)
-    return summary
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        summary = run(args)
-    except (InputError, ValueError, FileNotFoundError) as exc:
-        print(f"jobs.make_sample_sky: error: {exc}", file=sys.stderr)
-        return 2
     for b in summary["bricks"]:
         print(f"sample sky: brick {b['brickname']} section {b['section']} with {b['n_sources']} "
               f"catalogue sources -> {args.output}")

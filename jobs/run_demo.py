@@ -25,7 +25,7 @@ from pathlib import Path
 
 from jobs.cli import job_main
 from udfs.config.provenance import REPO_ROOT, code_version
-from udfs.io.sample_data import data_root
+from udfs.config.sample_data import data_root
 
 CONF = REPO_ROOT / "conf"
 

@@ -12,7 +12,7 @@ os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.dirname(__file__),
 
 @pytest.fixture(scope="session")
 def data_root():
-    from udfs.io.sample_data import data_root as root
+    from udfs.config.sample_data import data_root as root
 
     return root()
 

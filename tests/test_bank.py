@@ -153,3 +153,47 @@ def test_template_colours_without_photometry(n_sersic, template_name, z):
         mags.append(sed.calculateMagnitude(bp))
     assert gr == pytest.approx(mags[0] - mags[1], abs=0.02)
     assert rz == pytest.approx(mags[1] - mags[2], abs=0.02)
+
+
+def test_s3_catalogue_is_staged_once_per_process(btk, s3_bucket, monkeypatch):
+    """An s3:// COSMOS directory is copied to local disk once per Python process (every bank task of a
+    Spark worker reuses the copy); a changed remote listing is copied afresh."""
+    import os
+
+    from udfs.io import storage
+    from udfs.sources import cosmos_catalog
+
+    uri = f"{s3_bucket}/cosmos"
+    names = sorted(f for f in os.listdir(btk) if f.endswith(".fits"))
+    for name in names:
+        storage.write_bytes(f"{uri}/{name}", open(os.path.join(btk, name), "rb").read())
+    copied = []
+    real_read = storage.read_bytes
+    monkeypatch.setattr(cosmos_catalog.storage, "read_bytes", lambda u: copied.append(u) or real_read(u))
+    monkeypatch.setattr(cosmos_catalog, "_STAGED", {})
+
+    first = cosmos_catalog.staged_directory(uri)
+    assert len(copied) == len(names) and sorted(os.listdir(first)) == names
+    assert len(cosmos_catalog.open_catalog(first)) == len(cosmos_catalog.open_catalog(btk))
+    assert cosmos_catalog.staged_directory(uri) == first
+    assert len(copied) == len(names), "the second call copied again"
+
+    storage.write_bytes(f"{uri}/{names[0]}", open(os.path.join(btk, names[0]), "rb").read() + b"\0" * 2880)
+    again = cosmos_catalog.staged_directory(uri)
+    assert len(copied) == 2 * len(names) and again != first and not os.path.exists(first)
+
+
+def test_bank_config_error_names_file_and_key(btk, tmp_path, capsys):
+    import yaml
+
+    from udfs.config.provenance import REPO_ROOT
+
+    raw = yaml.safe_load((REPO_ROOT / "conf" / "bank.yaml").read_text())
+    raw["render"]["stamp_size"] = 95
+    bad = tmp_path / "bank.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "bank.h5"
+    rc = cosmos_source_loader.main(["--cosmos-dir", btk, "--output", str(out), "--config", str(bad)])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{bad}: render.stamp_size: must be even" in err and "Traceback" not in err
+    assert not out.exists()

@@ -8,9 +8,12 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from udfs.survey import coadd_cutouts
+from udfs.config.checker import ConfigError
 from udfs.io import storage
-from udfs.survey.coadd_cutouts import CutoutConfig, brick_file, cut_brick
+from udfs.io.errors import InputError
+from udfs.survey import coadd_files
+from udfs.survey.coadd_cutouts import CutoutConfig, cut_brick
+from udfs.survey.coadd_files import brick_file
 from udfs.survey.sample_sky import fits_fz_bytes
 
 BRICK = "0959p805"
@@ -143,7 +146,7 @@ def test_remote_errors_are_retried_then_reported(real_brick, full, tmp_path, mon
     _, wcs = full
     base = _nested(real_brick, tmp_path)
     targets = _targets(wcs, [(400.3, 480.8)])
-    monkeypatch.setattr(coadd_cutouts, "_open_raw", lambda uri, size: _Flaky(uri, fails=3))
+    monkeypatch.setattr(coadd_files, "_open_raw", lambda uri, size: _Flaky(uri, fails=3))
     _Flaky.failures = 0
     out = cut_brick(base, BRICK, targets, CutoutConfig(bands="g", require_maskbits=False, retries=3, backoff_s=0.001))
     assert out["ok"].tolist() == [True] and _Flaky.failures == 3
@@ -158,5 +161,16 @@ def test_brick_file_layouts():
     assert brick_file("https://h/dr10/", "0959p805", "maskbits") == \
         "https://h/dr10/coadd/095/0959p805/legacysurvey-0959p805-maskbits.fits.fz"
     assert brick_file("/d", "0959p805", "invvar", "z", layout="flat") == "/d/legacysurvey-0959p805-invvar-z.fits.fz"
-    with pytest.raises(ValueError, match="bands"):
-        CutoutConfig(bands="gx").validate()
+
+
+
+@pytest.mark.parametrize("change, flag", [
+    (dict(bands="gx"), "--bands"), (dict(bands="gg"), "--bands"), (dict(bands=""), "--bands"),
+    (dict(stamp_size=2), "--stamp-size"), (dict(min_good_frac=1.5), "--min-good-frac"),
+    (dict(layout="tree"), "--layout"), (dict(retries=-1), "--retries"),
+])
+def test_bad_cutout_settings_are_input_errors_naming_the_flag(change, flag):
+    with pytest.raises(ConfigError, match=f"^{flag}: ") as err:
+        CutoutConfig(**change).validate()
+    assert isinstance(err.value, InputError)
+    CutoutConfig(bands="griz").validate()  # DR10 south coadds carry i

@@ -12,6 +12,7 @@ from astropy.wcs import WCS
 from jobs import make_cutouts, make_sample_sky
 from jobs.spark import dataset_files, parquet_bytes
 from udfs.io import storage
+from udfs.schemas import cutouts
 
 BRICK = "0959p805"
 
@@ -47,6 +48,11 @@ def test_make_cutouts_on_s3(spark, s3_bucket, data_root):
     assert schema.field("maskbits").type == pa.list_(pa.int32(), 64 * 64)
     meta = {k.decode(): v.decode() for k, v in schema.metadata.items()}
     assert json.loads(meta["image_shape"]) == [1, 64, 64] and meta["band_order"] == "g"
+    assert schema.equals(cutouts.cutout_schema("g", 64), check_metadata=False)
+    assert [schema.field(n).metadata for n in schema.names] == \
+        [f.metadata for f in cutouts.cutout_schema("g", 64)]  # the units of the one definition
+    assert cutouts.layout_metadata("g", 64).items() <= meta.items()
+    assert cutouts.stamp_geometry("x", meta) == ("g", 64)
     df = table.to_pandas().set_index("target_id").sort_index()
     assert df["ok"].tolist() == [True, True, False, False]
     assert df["fail_reason"].tolist()[2:] == ["low_coverage:g", "off_image"]
@@ -80,7 +86,8 @@ def test_bad_input_exits_2_naming_file_and_column(tmp_path, capsys):
     assert rc == 2 and "part-00000.parquet" in err and "psf_fwhm_r" in err and "Traceback" not in err
     rc = make_cutouts.main(["--targets", str(tmp_path / "targets"), "--coadd-base", str(tmp_path),
                             "--output", str(tmp_path / "out"), "--stamp-size", "0"])
-    assert rc == 2 and "stamp_size" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "--stamp-size: 0" in err and "Traceback" not in err
 
 
 def test_sample_sky_then_cutouts_for_a_sweep_lrg(spark, tmp_path, data_root):

@@ -6,8 +6,9 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from udfs.survey.bricks import brick_at, brick_from_name, coadd_wcs_header
-from udfs.survey.coadd_cutouts import CutoutConfig, brick_file, cut_brick
+from udfs.survey.bricks import BrickError, brick_at, brick_from_name, coadd_wcs_header
+from udfs.survey.coadd_cutouts import CutoutConfig, cut_brick
+from udfs.survey.coadd_files import brick_file
 from udfs.survey.sample_sky import read_catalogs, render_brick, write_sky_for_targets
 
 
@@ -23,7 +24,7 @@ def test_brick_grid_matches_the_survey_bricks_table_and_coadd_header(data_root):
         assert real[k] == pytest.approx(v, rel=1e-12) if not isinstance(v, str) else real[k] == v
     cat = read_catalogs([str(data_root / "legacysurvey" / "dr9_tractor" / "tractor-1054p567.fits")])
     assert brick_at(cat.ra[0], cat.dec[0]).name == cat.brickname[0] == "1054p567"
-    with pytest.raises(ValueError, match="0959p806"):
+    with pytest.raises(BrickError, match="0959p806"):
         brick_from_name("0959p806")
 
 

@@ -13,7 +13,7 @@ from tests.lensing_fixtures import BANK_SCALE, write_test_bank
 from udfs.lensing.arcs import Sources, nanomaggies, render_arcs
 from udfs.lensing.lens_model import Lens, deflection
 from udfs.io.errors import InputError
-from udfs.lensing.limits import SERSIC_N_RANGE, ParameterError
+from udfs.config.limits import SERSIC_N_RANGE, ParameterError
 from udfs.lensing.render import MODE_COSMOS, MODE_SERSIC, render_unit_arcs
 from udfs.survey.psf import gaussian_kernel
 from udfs.sources.bank import read_bank

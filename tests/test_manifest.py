@@ -14,7 +14,7 @@ from scipy import stats
 from udfs.config.checker import ConfigError
 from udfs.config.provenance import REPO_ROOT
 from udfs.io.datasets import DatasetError
-from udfs.lensing.limits import SERSIC_N_RANGE
+from udfs.config.limits import SERSIC_N_RANGE
 from udfs.schemas.manifest import MANIFEST_SCHEMA
 from udfs.stamps import manifest, priors
 

@@ -8,21 +8,20 @@ import http.server
 import threading
 
 import pytest
-import yaml
 
-from udfs.io import sample_data
+from udfs.config import sample_data
+from udfs.config.checker import ConfigError
 
 
 @pytest.fixture
 def origin(tmp_path, data_root):
     """A loopback server holding every pinned file at its origin path."""
     root = tmp_path / "origin"
-    sources = yaml.safe_load(sample_data.MANIFEST.read_text())["sources"]
-    for folder, src in sources.items():
-        for name, (prefix, _sha) in src["files"].items():
-            target = root / src["repo"] / src["commit"] / f"{prefix}{name}"
+    for src in sample_data.load_manifest():
+        for pin in src.files:
+            target = root / src.repo / src.commit / f"{pin.prefix}{pin.name}"
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(data_root / folder / name)
+            target.symlink_to(data_root / src.folder / pin.name)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     handler.log_message = lambda *a: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -46,3 +45,14 @@ def test_a_corrupted_origin_file_is_refused_naming_it(origin, tmp_path):
     bad.write_bytes(b"not the pinned file")
     with pytest.raises(RuntimeError, match=r"sweep-310m005-320p000.fits: sha256 .* does not match the pinned"):
         sample_data.download(tmp_path / "cache", base_url=url)
+
+
+def test_a_bad_pin_is_a_config_error_naming_file_and_key(tmp_path):
+    bad = tmp_path / "sample_data.yaml"
+    bad.write_text("sources:\n  cosmos/x:\n    repo: a/b\n    commit: c0ffee\n"
+                   "    files:\n      f.fits: [data/, not-a-sha]\n")
+    with pytest.raises(ConfigError, match=r"sample_data.yaml: sources.cosmos/x.files.f.fits: expected a 64-hex"):
+        sample_data.load_manifest(str(bad))
+    bad.write_text("sources:\n  cosmos/x:\n    repo: a/b\n    files: {}\n")
+    with pytest.raises(ConfigError, match=r"sources.cosmos/x.commit: missing required key"):
+        sample_data.load_manifest(str(bad))

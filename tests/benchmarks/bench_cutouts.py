@@ -21,7 +21,7 @@ N_TARGETS, STAMP, BRICK = 200, 64, "0959p805"
 
 def run() -> dict:
     from udfs.survey.coadd_cutouts import CutoutConfig, cut_brick
-    from udfs.io.sample_data import data_root
+    from udfs.config.sample_data import data_root
 
     folder = data_root() / "legacysurvey" / "dr6_coadd_0959p805"
     files = [folder / f"legacysurvey-{BRICK}-{k}-g.fits.fz" for k in ("image", "invvar")]

@@ -24,7 +24,7 @@ def _inputs(d: Path) -> str:
     ``make run``; return the manifest folder stage 3 wrote."""
     from jobs import build_manifest, cosmos_source_loader, make_cutouts, make_sample_sky, select_lrgs
     from udfs.config.provenance import REPO_ROOT
-    from udfs.io.sample_data import data_root
+    from udfs.config.sample_data import data_root
     from udfs.stamps.manifest import resolve_manifest
 
     conf = REPO_ROOT / "conf"

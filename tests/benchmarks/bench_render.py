@@ -82,7 +82,7 @@ def run(n_ours: int = 200, n_lenstronomy: int = 40, n_accuracy: int = 12,
     from udfs.lensing.arcs import DEFAULT_SUPERSAMPLING, Sources, render_arcs
     from udfs.lensing.lens_model import Lens
     from udfs.survey.psf import gaussian_kernel
-    from udfs.io.sample_data import data_root
+    from udfs.config.sample_data import data_root
     from udfs.sources.bank import read_bank
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,119 +1,149 @@
-"""Load and validate ``conf/bank.yaml`` (the source-bank configuration).
+"""``conf/bank.yaml``, the source-bank configuration (stage 2), as a typed frozen :class:`BankConfig`.
 
-Every key is required and unknown keys are refused, so nothing is silently defaulted; errors name
-the key (``selection.mag_f814w_max``) and what is wrong.
+Every key is required and unknown keys are refused, so nothing is silently defaulted; errors are
+:class:`~udfs.config.checker.ConfigError` naming the file and the dotted key
+(``conf/bank.yaml: selection.mag_f814w_max: ...``). Units: magnitudes F814W AB, sizes arcsec,
+``dr10_psfdepth_r`` nanomaggy^-2, ``stamp_size`` and ``dilate_pix`` bank pixels.
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import asdict, dataclass
 
-import yaml
-
-from udfs.io import storage
+from udfs.config.checker import Checker, ConfigError, load_yaml
 
 EXCLUSION_LEVELS = ("none", "bad_stamp", "bad_fits", "marginal")
 
-# key -> (type, check, description of the check)
-_POS = (lambda v: v > 0, "> 0")
-_NONNEG = (lambda v: v >= 0, ">= 0")
-SCHEMA: dict[str, dict[str, tuple]] = {
-    "selection": {
-        "exclusion_level": (str, (lambda v: v in EXCLUSION_LEVELS, f"one of {EXCLUSION_LEVELS}")),
-        "mag_f814w_min": (float, (lambda v: True, "")),
-        "mag_f814w_max": (float, (lambda v: True, "")),
-        "zphot_min": (float, _POS),
-        "zphot_max": (float, _POS),
-        "hlr_arcsec_min": (float, _NONNEG),
-        "hlr_arcsec_max": (float, _POS),
-        "max_neighbour_flux_ratio": (float, _POS),
-    },
-    "render": {
-        "pixel_scale_arcsec": (float, (lambda v: 0.02 <= v <= 0.05, "between 0.02 and 0.05")),
-        "stamp_size": (int, (lambda v: v >= 16 and v % 2 == 0, "even and >= 16")),
-        "target_psf_fwhm_arcsec": (float, _POS),
-        "detect_nsigma": (float, _POS),
-        "dilate_pix": (int, _NONNEG),
-        "original_smooth_sigma_pix": (float, _POS),
-        "original_detect_nsigma": (float, _POS),
-    },
-    "noise": {
-        "dr10_psfdepth_r": (float, _POS),
-        "dr10_psf_fwhm_arcsec": (float, _POS),
-        "dr10_pixel_scale_arcsec": (float, _POS),
-        "reference_mag_r": (float, (lambda v: True, "")),
-        "reference_magnification": (float, (lambda v: v >= 1, ">= 1")),
-        "max_variance_ratio": (float, _POS),
-    },
-    "output": {
-        "images_per_chunk": (int, _POS),
-        "gzip_level": (int, (lambda v: 0 <= v <= 9, "between 0 and 9")),
-    },
-}
-TOP_LEVEL = {"cosmology": str}
+
+@dataclass(frozen=True)
+class Selection:
+    exclusion_level: str             # GalSim COSMOSCatalog exclusion level, one of EXCLUSION_LEVELS
+    mag_f814w_min: float
+    mag_f814w_max: float
+    zphot_min: float
+    zphot_max: float
+    hlr_arcsec_min: float            # circular half-light radius on the bank image
+    hlr_arcsec_max: float
+    max_neighbour_flux_ratio: float  # reject a galaxy with a neighbour at least this bright
 
 
-class ConfigError(ValueError):
-    pass
+@dataclass(frozen=True)
+class RenderConfig:
+    pixel_scale_arcsec: float
+    stamp_size: int                  # bank stamp side, pixels (even)
+    target_psf_fwhm_arcsec: float    # Gaussian the galaxies are reconvolved with
+    detect_nsigma: float             # footprint threshold, in drawn-noise sigmas
+    dilate_pix: int
+    original_smooth_sigma_pix: float
+    original_detect_nsigma: float
 
 
-def _check_value(where: str, key: str, value, typ, check):
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, typ) or isinstance(value, bool):
-        raise ConfigError(f"{where}: {key} must be {typ.__name__}, got {value!r}")
-    ok, what = check
-    if not ok(value):
-        raise ConfigError(f"{where}: {key} must be {what}, got {value!r}")
-    return value
+@dataclass(frozen=True)
+class Noise:
+    dr10_psfdepth_r: float
+    dr10_psf_fwhm_arcsec: float
+    dr10_pixel_scale_arcsec: float
+    reference_mag_r: float
+    reference_magnification: float
+    max_variance_ratio: float
 
 
-def validate(config: dict, where: str = "bank config") -> dict:
-    """Return a validated deep copy of ``config``; raise :class:`ConfigError` naming the key."""
-    if not isinstance(config, dict):
-        raise ConfigError(f"{where}: expected a mapping at the top level")
-    out = {}
-    expected = set(SCHEMA) | set(TOP_LEVEL)
-    for key in sorted(set(config) - expected):
-        raise ConfigError(f"{where}: unknown key {key!r}")
-    for key in sorted(expected - set(config)):
-        raise ConfigError(f"{where}: missing key {key!r}")
-    for section, keys in SCHEMA.items():
-        block = config[section]
-        if not isinstance(block, dict):
-            raise ConfigError(f"{where}: {section} must be a mapping")
-        for key in sorted(set(block) - set(keys)):
-            raise ConfigError(f"{where}: unknown key {section}.{key}")
-        for key in sorted(set(keys) - set(block)):
-            raise ConfigError(f"{where}: missing key {section}.{key}")
-        out[section] = {k: _check_value(where, f"{section}.{k}", block[k], *keys[k]) for k in keys}
-    from udfs.sources.cosmology import get_cosmology
+@dataclass(frozen=True)
+class Output:
+    images_per_chunk: int
+    gzip_level: int
 
-    try:
-        get_cosmology(_check_value(where, "cosmology", config["cosmology"], str, (lambda v: True, "")))
-    except ValueError as exc:
-        raise ConfigError(f"{where}: cosmology: {exc}") from exc
-    out["cosmology"] = config["cosmology"]
-    sel = out["selection"]
+
+@dataclass(frozen=True)
+class BankConfig:
+    selection: Selection
+    render: RenderConfig
+    noise: Noise
+    output: Output
+    cosmology: str                   # an astropy realisation, e.g. Planck18
+
+    def as_dict(self) -> dict:
+        """The plain mapping recorded in the bank's ``config`` attribute and hashed."""
+        return asdict(self)
+
+
+_SECTIONS = ("selection", "render", "noise", "output")
+
+
+def _selection(ck: Checker, raw: dict) -> Selection:
+    s = ck.mapping(raw, "selection", "selection")
+    ck.unknown(s, set(Selection.__dataclass_fields__), "selection")
+    num = lambda name, **kw: ck.number(s, name, f"selection.{name}", **kw)  # noqa: E731
+    sel = Selection(
+        exclusion_level=ck.string(s, "exclusion_level", "selection.exclusion_level", choices=EXCLUSION_LEVELS),
+        mag_f814w_min=num("mag_f814w_min"), mag_f814w_max=num("mag_f814w_max"),
+        zphot_min=num("zphot_min", lo=0, lo_open=True), zphot_max=num("zphot_max", lo=0, lo_open=True),
+        hlr_arcsec_min=num("hlr_arcsec_min", lo=0), hlr_arcsec_max=num("hlr_arcsec_max", lo=0, lo_open=True),
+        max_neighbour_flux_ratio=num("max_neighbour_flux_ratio", lo=0, lo_open=True))
     for lo, hi in (("mag_f814w_min", "mag_f814w_max"), ("zphot_min", "zphot_max"),
                    ("hlr_arcsec_min", "hlr_arcsec_max")):
-        if not sel[lo] < sel[hi]:
-            raise ConfigError(f"{where}: selection.{lo} ({sel[lo]}) must be < selection.{hi} ({sel[hi]})")
-    return out
+        a, b = getattr(sel, lo), getattr(sel, hi)
+        if not a < b:
+            raise ck.fail(f"selection.{lo}", f"({a}) must be < selection.{hi} ({b})")
+    return sel
 
 
-def load(uri: str, overrides: dict[str, dict] | None = None) -> dict:
-    """Read YAML from ``uri`` (local or s3://), apply ``{section: {key: value}}`` overrides, validate."""
-    try:
-        raw = yaml.safe_load(storage.read_bytes(uri))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{uri}: config file not found") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{uri}: not valid YAML ({exc})") from exc
-    raw = copy.deepcopy(raw)
+def _render(ck: Checker, raw: dict) -> RenderConfig:
+    r = ck.mapping(raw, "render", "render")
+    ck.unknown(r, set(RenderConfig.__dataclass_fields__), "render")
+    pos = lambda name: ck.number(r, name, f"render.{name}", lo=0, lo_open=True)  # noqa: E731
+    size = ck.integer(r, "stamp_size", "render.stamp_size", lo=16)
+    if size % 2:
+        raise ck.fail("render.stamp_size", f"must be even, got {size}")
+    return RenderConfig(
+        pixel_scale_arcsec=ck.number(r, "pixel_scale_arcsec", "render.pixel_scale_arcsec", lo=0.02, hi=0.05),
+        stamp_size=size, target_psf_fwhm_arcsec=pos("target_psf_fwhm_arcsec"),
+        detect_nsigma=pos("detect_nsigma"), dilate_pix=ck.integer(r, "dilate_pix", "render.dilate_pix", lo=0),
+        original_smooth_sigma_pix=pos("original_smooth_sigma_pix"),
+        original_detect_nsigma=pos("original_detect_nsigma"))
+
+
+def _noise(ck: Checker, raw: dict) -> Noise:
+    n = ck.mapping(raw, "noise", "noise")
+    ck.unknown(n, set(Noise.__dataclass_fields__), "noise")
+    pos = lambda name: ck.number(n, name, f"noise.{name}", lo=0, lo_open=True)  # noqa: E731
+    return Noise(dr10_psfdepth_r=pos("dr10_psfdepth_r"), dr10_psf_fwhm_arcsec=pos("dr10_psf_fwhm_arcsec"),
+                 dr10_pixel_scale_arcsec=pos("dr10_pixel_scale_arcsec"),
+                 reference_mag_r=ck.number(n, "reference_mag_r", "noise.reference_mag_r"),
+                 reference_magnification=ck.number(n, "reference_magnification",
+                                                   "noise.reference_magnification", lo=1),
+                 max_variance_ratio=pos("max_variance_ratio"))
+
+
+def _cosmology(ck: Checker, raw: dict) -> str:
+    from astropy.cosmology import realizations
+
+    name = ck.string(raw, "cosmology", "cosmology")
+    if name not in realizations.available:
+        raise ck.fail("cosmology", f"unknown cosmology {name!r}; astropy provides "
+                                   f"{', '.join(realizations.available)}")
+    return name
+
+
+def validate(raw: dict, source: str = "bank config") -> BankConfig:
+    """Check a parsed ``conf/bank.yaml`` mapping; raise :class:`ConfigError` naming ``source`` and the key."""
+    ck = Checker(source)
+    ck.unknown(raw, set(_SECTIONS) | {"cosmology"}, "")
+    o = ck.mapping(raw, "output", "output")
+    ck.unknown(o, set(Output.__dataclass_fields__), "output")
+    output = Output(images_per_chunk=ck.integer(o, "images_per_chunk", "output.images_per_chunk", lo=1),
+                    gzip_level=ck.integer(o, "gzip_level", "output.gzip_level", lo=0, hi=9))
+    return BankConfig(selection=_selection(ck, raw), render=_render(ck, raw), noise=_noise(ck, raw),
+                      output=output, cosmology=_cosmology(ck, raw))
+
+
+def load(uri: str, overrides: dict[str, dict] | None = None) -> BankConfig:
+    """Read ``uri`` (local or s3://), apply ``{section: {key: value}}`` overrides (None = keep), validate."""
+    raw = copy.deepcopy(load_yaml(uri))
     for section, values in (overrides or {}).items():
         for key, value in values.items():
             if value is not None:
-                if not isinstance(raw, dict) or not isinstance(raw.get(section), dict):
-                    raise ConfigError(f"{uri}: missing section {section!r}")
+                if not isinstance(raw.get(section), dict):
+                    raise ConfigError(f"{uri}: {section}: missing required key")
                 raw[section][key] = value
-    return validate(raw, where=uri)
+    return validate(raw, source=uri)

@@ -1,8 +1,7 @@
-"""Locate the real sample data: ``../shared/data`` beside the checkout, else a verified download.
+"""Download pinned sample-data files from their origin and check each sha256.
 
-Order: ``$LENSINJ_SAMPLE_DATA`` if set; ``<repo>/../shared/data`` if present; otherwise every file
-listed in ``conf/sample_data.yaml`` is downloaded from its pinned origin (repository @ commit) into
-``$LENSINJ_CACHE`` (default ``~/.cache/lensinj/sample_data``) and checked against its sha256.
+The pins (``conf/sample_data.yaml``) are loaded by :mod:`udfs.config.sample_data`, which also
+locates the data; this module only transfers and verifies bytes.
 """
 from __future__ import annotations
 
@@ -11,15 +10,10 @@ import os
 import urllib.request
 from pathlib import Path
 
-import yaml
-
-from udfs.config.provenance import REPO_ROOT
-
-MANIFEST = REPO_ROOT / "conf" / "sample_data.yaml"
 RAW_BASE = os.environ.get("LENSINJ_SAMPLE_BASE_URL", "https://raw.githubusercontent.com")
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -27,34 +21,26 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def download(dest: Path, base_url: str = RAW_BASE) -> Path:
-    """Fetch every pinned file missing from ``dest``; raise naming the file on a checksum mismatch."""
-    sources = yaml.safe_load(MANIFEST.read_text())["sources"]
-    for folder, src in sources.items():
-        for name, (prefix, sha) in src["files"].items():
-            target = dest / folder / name
-            if target.exists() and _sha256(target) == sha:
+def fetch_pinned(dest: Path, sources, base_url: str = RAW_BASE) -> Path:
+    """Fetch every pinned file missing from (or changed in) ``dest``.
+
+    ``sources``: objects with ``folder``, ``repo``, ``commit`` and ``files`` (each with ``name``,
+    ``prefix``, ``sha256``); a file is fetched from ``<base_url>/<repo>/<commit>/<prefix><name>`` into
+    ``dest/<folder>/<name>``. Raises RuntimeError naming the URL on a checksum mismatch.
+    """
+    for src in sources:
+        for pin in src.files:
+            target = dest / src.folder / pin.name
+            if target.exists() and sha256(target) == pin.sha256:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            url = f"{base_url}/{src['repo']}/{src['commit']}/{prefix}{name}"
+            url = f"{base_url}/{src.repo}/{src.commit}/{pin.prefix}{pin.name}"
             tmp = target.with_suffix(target.suffix + ".part")
             with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
                 f.write(r.read())
-            got = _sha256(tmp)
-            if got != sha:
+            got = sha256(tmp)
+            if got != pin.sha256:
                 tmp.unlink()
-                raise RuntimeError(f"{url}: sha256 {got} does not match the pinned {sha}")
+                raise RuntimeError(f"{url}: sha256 {got} does not match the pinned {pin.sha256}")
             tmp.replace(target)
     return dest
-
-
-def data_root() -> Path:
-    """Folder holding ``cosmos/``, ``legacysurvey/`` and ``lenses/`` (see ``../shared/data/README.md``)."""
-    env = os.environ.get("LENSINJ_SAMPLE_DATA")
-    if env:
-        return Path(env)
-    shared = REPO_ROOT.parent / "shared" / "data"
-    if shared.is_dir():
-        return shared
-    cache = Path(os.environ.get("LENSINJ_CACHE", Path.home() / ".cache" / "lensinj")) / "sample_data"
-    return download(cache)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from udfs.lensing.limits import ParameterError
+from udfs.config.limits import ParameterError
 
 # Typical DECam dark-sky surface brightness (AB mag / arcsec^2) used for the gain estimate.
 SKY_MAG_ARCSEC2 = {"g": 22.04, "r": 20.91, "i": 20.05, "z": 18.46}

@@ -14,7 +14,7 @@ import numpy as np
 from udfs.lensing.arc_metrics import CORE_RADIUS_ARCSEC, arc_metrics
 from udfs.lensing.arc_noise import add_poisson_noise, gain_estimate
 from udfs.lensing.lens_model import Lens
-from udfs.lensing.limits import ParameterError
+from udfs.config.limits import ParameterError
 from udfs.lensing.render import MODE_COSMOS, MODE_SERSIC, render_unit_arcs
 from udfs.sources.bank import SourceBank
 from udfs.survey.psf import convolve_bands

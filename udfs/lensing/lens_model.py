@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from udfs.lensing.limits import ParameterError
+from udfs.config.limits import ParameterError
 
 _Q_SIS = 1.0 - 1e-8  # lenstronomy clips q >= 1 to 0.99999999 for the same reason
 

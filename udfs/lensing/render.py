@@ -38,7 +38,7 @@ from scipy.special import gammaincinv
 
 from udfs.lensing.image_count import count_images
 from udfs.lensing.lens_model import Lens, ray, sie_kernel_params
-from udfs.lensing.limits import SERSIC_N_RANGE, ParameterError
+from udfs.config.limits import SERSIC_N_RANGE, ParameterError
 from udfs.sources.bank import support_radius
 
 MODE_COSMOS = 0

@@ -8,6 +8,7 @@ then per galaxy ``psf_wider_than_target``, ``no_detection``, ``truncated_by_stam
 """
 from __future__ import annotations
 
+import collections
 import io
 import json
 
@@ -15,11 +16,11 @@ import galsim
 import h5py
 import numpy as np
 
-from udfs.sources import bank_noise
-from udfs.sources import morphology
-from udfs.sources import colours
-from udfs.sources.bank_render import RenderConfig, draw, footprint, half_light_radius, inspect_original, render
-from udfs.sources.cosmos_catalog import CosmosCatalog
+from udfs.config.bank import BankConfig, Output, RenderConfig
+from udfs.config.limits import SERSIC_N_RANGE
+from udfs.sources import bank_noise, colours, morphology
+from udfs.sources.bank_render import footprint, half_light_radius, inspect_original, render
+from udfs.sources.cosmos_catalog import CatalogError, CosmosCatalog, open_catalog, staged_directory
 
 REASONS = ("galsim_exclusion", "mag_out_of_range", "bad_zphot", "psf_wider_than_target", "no_detection",
            "truncated_by_stamp_edge", "neighbour", "exceeds_bank_stamp", "hlr_out_of_range", "hst_noise",
@@ -42,19 +43,15 @@ META_COLUMNS = {
 }
 
 
-def render_config(cfg: dict) -> RenderConfig:
-    return RenderConfig(**cfg["render"])
-
-
-def catalogue_cuts(cat: CosmosCatalog, cfg: dict) -> np.ndarray:
+def catalogue_cuts(cat: CosmosCatalog, cfg: BankConfig) -> np.ndarray:
     """Reason index per catalogue row for the catalogue-level cuts (-1 = passes them)."""
-    sel = cfg["selection"]
+    sel = cfg.selection
     reason = np.full(len(cat), -1, dtype=int)
-    keep = galsim_exclusion_mask(cat, sel["exclusion_level"])
+    keep = galsim_exclusion_mask(cat, sel.exclusion_level)
     mag = np.asarray(cat.main["MAG"], dtype=float)
     z = cat.zphot()
-    checks = [~keep, ~((mag >= sel["mag_f814w_min"]) & (mag <= sel["mag_f814w_max"])),
-              ~((z >= sel["zphot_min"]) & (z <= sel["zphot_max"]))]
+    checks = [~keep, ~((mag >= sel.mag_f814w_min) & (mag <= sel.mag_f814w_max)),
+              ~((z >= sel.zphot_min) & (z <= sel.zphot_max))]
     for k, failed in enumerate(checks):
         reason[(reason < 0) & failed] = k
     return reason
@@ -65,11 +62,11 @@ def galsim_exclusion_mask(cat: CosmosCatalog, level: str) -> np.ndarray:
     if level == "none":
         return np.ones(len(cat), dtype=bool)
     if cat.params is None or "fit_status" not in cat.params.dtype.names:
-        raise ValueError(f"{cat.path}: exclusion_level={level!r} needs the _fits companion with "
-                         "fit_status/sersicfit columns; use exclusion_level: none for this catalogue")
+        raise CatalogError(f"{cat.path}: exclusion_level={level!r} needs the _fits companion with "
+                           "fit_status/sersicfit columns; use exclusion_level: none for this catalogue")
     if level in ("bad_stamp", "marginal") and cat.selection is None:
-        raise ValueError(f"{cat.path}: exclusion_level={level!r} needs "
-                         f"real_galaxy_catalog_{cat.name}_selection.fits; use none or bad_fits")
+        raise CatalogError(f"{cat.path}: exclusion_level={level!r} needs "
+                           f"real_galaxy_catalog_{cat.name}_selection.fits; use none or bad_fits")
     gcat = galsim.COSMOSCatalog(file_name=cat.file_name, dir=cat.directory, exclusion_level=level)
     keep = np.zeros(len(cat), dtype=bool)
     keep[gcat.orig_index] = True
@@ -86,16 +83,15 @@ def _catalogue_twin(cat: CosmosCatalog, index: int) -> dict | None:
     if not cat.has_sersic_fits or not bool(cat.params["viable_sersic"][index]):
         return None
     fit = cat.params["sersicfit"][index]
-    return {"sersic_n": float(np.clip(fit[2], 0.3, 6.0)), "sersic_hlr_arcsec": float(cat.params["hlr"][index][0]),
+    return {"sersic_n": float(np.clip(fit[2], *SERSIC_N_RANGE)), "sersic_hlr_arcsec": float(cat.params["hlr"][index][0]),
             "sersic_q": float(fit[3]), "sersic_phi_rad": float(fit[7]) % np.pi, "sersic_flag": 0,
             "sersic_source": "catalogue_fits", "sersic_psf_convolved": 0}
 
 
-def process_galaxy(cat: CosmosCatalog, rgc: galsim.RealGalaxyCatalog, index: int, cfg: dict,
+def process_galaxy(cat: CosmosCatalog, rgc: galsim.RealGalaxyCatalog, index: int, cfg: BankConfig,
                    seed: int) -> tuple[str, dict | None, np.ndarray | None]:
     """``(status, meta_row, image)``: status ``selected`` or a rejection reason from :data:`REASONS`."""
-    rc = render_config(cfg)
-    sel, nz = cfg["selection"], cfg["noise"]
+    rc, sel = cfg.render, cfg.selection
     ident = int(cat.main["IDENT"][index])
     row = {"ident": ident, "catalog_index": int(index), "mag_f814w": float(cat.main["MAG"][index]),
            "zphot": float(cat.zphot()[index])}
@@ -109,7 +105,7 @@ def process_galaxy(cat: CosmosCatalog, rgc: galsim.RealGalaxyCatalog, index: int
         return "no_detection", row, None
     if orig.touches_edge:
         return "truncated_by_stamp_edge", row, None
-    if orig.neighbour_flux_ratio >= sel["max_neighbour_flux_ratio"]:
+    if orig.neighbour_flux_ratio >= sel.max_neighbour_flux_ratio:
         return "neighbour", row, None
     rend = render(rgc, index, rc)
     if rend is None:
@@ -119,15 +115,10 @@ def process_galaxy(cat: CosmosCatalog, rgc: galsim.RealGalaxyCatalog, index: int
     scale = rc.pixel_scale_arcsec
     row.update(offset_x_pix=rend.offset[0], offset_y_pix=rend.offset[1], flux_hst=rend.flux_hst,
                noise_sigma_unit=rend.noise_sigma_unit, hlr_arcsec=half_light_radius(rend.image, scale))
-    if not sel["hlr_arcsec_min"] <= row["hlr_arcsec"] <= sel["hlr_arcsec_max"]:
+    if not sel.hlr_arcsec_min <= row["hlr_arcsec"] <= sel.hlr_arcsec_max:
         return "hlr_out_of_range", row, None
-    v_unit = bank_noise.unit_variance_per_dr10_pixel(rend.profile.noise, rend.flux_hst, scale,
-                                                     nz["dr10_psf_fwhm_arcsec"], nz["dr10_pixel_scale_arcsec"])
-    sky = bank_noise.dr10_sky_sigma(nz["dr10_psfdepth_r"], nz["dr10_psf_fwhm_arcsec"], nz["dr10_pixel_scale_arcsec"])
-    row["noise_var_dr10_unit"] = v_unit
-    row["sel_noise_variance_ratio"] = float(bank_noise.variance_ratio(
-        v_unit, nz["reference_mag_r"], nz["reference_magnification"], sky))
-    if row["sel_noise_variance_ratio"] > nz["max_variance_ratio"]:
+    row["noise_var_dr10_unit"], row["sel_noise_variance_ratio"] = _noise_ratio(rend, cfg)
+    if row["sel_noise_variance_ratio"] > cfg.noise.max_variance_ratio:
         return "hst_noise", row, None
 
     # Morphology on the bank image itself (footprint only, as injected); the twin gets the same
@@ -153,10 +144,21 @@ def process_galaxy(cat: CosmosCatalog, rgc: galsim.RealGalaxyCatalog, index: int
     return "selected", row, rend.image.astype(np.float32)
 
 
+def _noise_ratio(rend, cfg: BankConfig) -> tuple[float, float]:
+    """``(variance per DR10 pixel of the unit-flux galaxy's HST noise, its ratio to the DR10 sky
+    variance for the reference source)``."""
+    nz = cfg.noise
+    v_unit = bank_noise.unit_variance_per_dr10_pixel(rend.profile.noise, rend.flux_hst, cfg.render.pixel_scale_arcsec,
+                                                     nz.dr10_psf_fwhm_arcsec, nz.dr10_pixel_scale_arcsec)
+    sky = bank_noise.dr10_sky_sigma(nz.dr10_psfdepth_r, nz.dr10_psf_fwhm_arcsec, nz.dr10_pixel_scale_arcsec)
+    return v_unit, float(bank_noise.variance_ratio(v_unit, nz.reference_mag_r, nz.reference_magnification, sky))
+
+
 def twin_is_valid(twin: dict, pixel_scale: float) -> bool:
-    """A fitted twin GalSim can draw: 0.3 <= n <= 6.2 (GalSim's range), hlr of at least half a bank
-    pixel and below 5", 0.05 <= q <= 1, statmorph's Sersic flag below 2 (bad)."""
-    return bool(0.3 <= twin["sersic_n"] <= 6.2 and 0.5 * pixel_scale <= twin["sersic_hlr_arcsec"] <= 5.0
+    """A fitted twin GalSim can draw: n in ``SERSIC_N_RANGE``, hlr of at least half a bank pixel and
+    below 5", 0.05 <= q <= 1, statmorph's Sersic flag below 2 (bad)."""
+    lo, hi = SERSIC_N_RANGE
+    return bool(lo <= twin["sersic_n"] <= hi and 0.5 * pixel_scale <= twin["sersic_hlr_arcsec"] <= 5.0
                 and 0.05 <= twin["sersic_q"] <= 1.0 and twin["sersic_flag"] < 2)
 
 
@@ -167,7 +169,7 @@ def twin_profile(twin: dict) -> galsim.GSObject:
     which already includes the target Gaussian PSF: draw the twin as is. With 0 (the catalogue's
     intrinsic fits) convolve it with the Gaussian of ``render.target_psf_fwhm_arcsec`` first.
     """
-    n = float(np.clip(twin["sersic_n"], 0.3, 6.2))
+    n = float(np.clip(twin["sersic_n"], *SERSIC_N_RANGE))
     prof = galsim.Sersic(n=n, half_light_radius=twin["sersic_hlr_arcsec"], flux=1.0)
     q = float(np.clip(twin["sersic_q"], 0.05, 1.0))
     return prof.shear(q=q, beta=twin["sersic_phi_rad"] * galsim.radians) if q < 1.0 else prof
@@ -196,14 +198,54 @@ def _twin_morphology(twin: dict, rend, rc: RenderConfig, rng: galsim.BaseDeviate
     return {"twin_gini": m["gini"], "twin_m20": m["m20"], "twin_clumpiness": m["clumpiness"]}
 
 
-def write_bank(images: np.ndarray, meta: dict[str, np.ndarray], attrs: dict, cfg: dict) -> bytes:
+def render_rows(cosmos_dir: str, indices: list[int], cfg: BankConfig, seed: int):
+    """Spark task body: render the given catalogue rows of the catalogue at ``cosmos_dir`` (local or
+    s3://, staged once per process); yields ``(index, status, meta_row_json, image_bytes | None)``."""
+    cat = open_catalog(staged_directory(cosmos_dir))
+    rgc = galsim.RealGalaxyCatalog(cat.file_name, dir=cat.directory)
+    try:
+        for index in indices:
+            status, row, image = process_galaxy(cat, rgc, index, cfg, seed)
+            yield index, status, json.dumps(row), (image.tobytes() if image is not None else None)
+    finally:
+        rgc.close()
+
+
+def considered_rows(cat: CosmosCatalog, max_galaxies: int | None, seed: int) -> np.ndarray:
+    """Catalogue rows to consider: all, or ``max_galaxies`` drawn with ``seed``, in catalogue order."""
+    rows = np.arange(len(cat))
+    if max_galaxies is not None and max_galaxies < len(cat):
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(len(cat), size=max_galaxies, replace=False))
+    return rows
+
+
+def assemble(results: list, pre_reasons: np.ndarray, cfg: BankConfig
+             ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, int]]:
+    """``(images (N, S, S) float32, meta columns, rejected counts per reason)`` from the rendered
+    ``results`` (sorted by index) and the catalogue-cut reasons of the considered rows."""
+    counts = collections.Counter(REASONS[r] for r in pre_reasons if r >= 0)
+    size = cfg.render.stamp_size
+    images, metas = [], []
+    for _, status, row_json, image in results:
+        if status == "selected":
+            metas.append(json.loads(row_json))
+            images.append(np.frombuffer(image, dtype=np.float32).reshape(size, size))
+        else:
+            counts[status] += 1
+    meta = {name: np.array([m[name] for m in metas]) if metas else np.zeros(0) for name in META_COLUMNS}
+    stack = np.stack(images) if images else np.zeros((0, size, size), np.float32)
+    return stack, meta, {k: int(counts.get(k, 0)) for k in REASONS}
+
+
+def write_bank(images: np.ndarray, meta: dict[str, np.ndarray], attrs: dict, output: Output) -> bytes:
     """Serialise to HDF5 bytes, deterministically (no timestamps, fixed chunking and gzip level)."""
     buf = io.BytesIO()
-    chunk = (min(cfg["output"]["images_per_chunk"], max(len(images), 1)),) + images.shape[1:]
+    chunk = (min(output.images_per_chunk, max(len(images), 1)),) + images.shape[1:]
     with h5py.File(buf, "w", libver=("earliest", "v110"), track_order=False) as f:
         f.create_dataset("images", data=images.astype(np.float32), chunks=chunk if len(images) else None,
                          compression="gzip" if len(images) else None,
-                         compression_opts=cfg["output"]["gzip_level"] if len(images) else None,
+                         compression_opts=output.gzip_level if len(images) else None,
                          shuffle=bool(len(images)), track_times=False)
         gcpl = h5py.h5p.create(h5py.h5p.GROUP_CREATE)
         gcpl.set_obj_track_times(False)

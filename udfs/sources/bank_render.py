@@ -21,18 +21,9 @@ import galsim
 import numpy as np
 from scipy import ndimage
 
+from udfs.config.bank import RenderConfig
+
 _EIGHT = ndimage.generate_binary_structure(2, 2)
-
-
-@dataclass(frozen=True)
-class RenderConfig:
-    pixel_scale_arcsec: float
-    stamp_size: int
-    target_psf_fwhm_arcsec: float
-    detect_nsigma: float
-    dilate_pix: int
-    original_smooth_sigma_pix: float
-    original_detect_nsigma: float
 
 
 def target_psf(cfg: RenderConfig) -> galsim.GSObject:

@@ -10,26 +10,32 @@ the ``_selection`` companion (GalSim's stamp-quality columns). Two families are 
   ``HSC_g/r/i/z/y`` AB magnitudes, no ``_selection``).
 
 Every image, PSF and noise file named by the catalogue must exist: a missing one raises
-:class:`CatalogError` naming it, before any rendering starts. Paths are local; the job stages
-``s3://`` directories to local disk first (:func:`stage_to_local`), because GalSim reads local files.
+:class:`CatalogError` naming it, before any rendering starts. Paths are local; ``s3://``
+directories are staged to local disk first, once per process (:func:`staged_directory`), because
+GalSim reads local files.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.fs as pafs
 from astropy.io import fits
 
 from udfs.io import storage
+from udfs.io.errors import InputError
 
 REQUIRED_COLUMNS = ("IDENT", "MAG", "GAL_FILENAME", "PSF_FILENAME", "GAL_HDU", "PSF_HDU", "PIXEL_SCALE")
 HSC_BANDS = ("g", "r", "i", "z", "y")
 _CATALOG_RE = re.compile(r"^real_galaxy_catalog_(?P<name>.+?)(?P<suffix>_fits|_selection)?\.fits$")
 
 
-class CatalogError(ValueError):
+class CatalogError(InputError):
     """A COSMOS catalogue directory that cannot be used; the message names the file and problem."""
 
 
@@ -138,19 +144,40 @@ def open_catalog(directory: str) -> CosmosCatalog:
                          params=companions.get("fits"), selection=companions.get("selection"))
 
 
-def stage_to_local(uri: str, workdir: str) -> str:
-    """Return a local directory with the catalogue at ``uri``: ``uri`` itself when local, else a copy
-    of every ``*.fits`` file under the ``s3://`` prefix in ``workdir`` (GalSim reads local files)."""
+def _listing(uri: str) -> tuple[tuple[str, int, int], ...]:
+    """``(name, size, mtime_ns)`` of every ``*.fits`` file directly under the ``s3://`` prefix."""
+    fs, path = storage.resolve(uri)
+    info = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return tuple(sorted((i.base_name, i.size, i.mtime_ns or 0) for i in info
+                        if i.type == pafs.FileType.File and i.base_name.endswith(".fits")))
+
+
+# (uri, listing) -> local copy, for the life of this process (a Spark Python worker runs many tasks)
+_STAGED: dict[tuple, str] = {}
+
+
+def staged_directory(uri: str) -> str:
+    """A local directory holding the catalogue at ``uri`` (GalSim reads local files only).
+
+    A local ``uri`` is returned as is. An ``s3://`` prefix is copied (its ``*.fits`` files) into a
+    temporary folder once per process and reused by every later call while the remote listing
+    (names, sizes, modification times) is unchanged; a changed listing is copied afresh.
+    """
     if not storage.is_s3(uri):
         return uri
-    files = storage.glob(storage.join(uri, "*.fits"))
-    if not files:
+    listing = _listing(uri)
+    if not listing:
         raise CatalogError(f"{uri}: no FITS files found")
-    os.makedirs(workdir, exist_ok=True)
-    for f in files:
-        target = os.path.join(workdir, f.rsplit("/", 1)[-1])
-        if not os.path.exists(target) or os.path.getsize(target) != storage.size(f):
+    key = (uri, listing)
+    if key not in _STAGED:
+        for old in [k for k in _STAGED if k[0] == uri]:
+            shutil.rmtree(_STAGED.pop(old), ignore_errors=True)
+        workdir = tempfile.mkdtemp(prefix="cosmos-")
+        atexit.register(shutil.rmtree, workdir, True)
+        for name, _, _ in listing:
+            target = os.path.join(workdir, name)
             with open(target + ".part", "wb") as out:
-                out.write(storage.read_bytes(f))
+                out.write(storage.read_bytes(storage.join(uri, name)))
             os.replace(target + ".part", target)
-    return workdir
+        _STAGED[key] = workdir
+    return _STAGED[key]

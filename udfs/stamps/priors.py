@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from udfs.config.checker import Checker, load_yaml
-from udfs.lensing.limits import SERSIC_N_RANGE
+from udfs.config.limits import SERSIC_N_RANGE
 
 SRC_MODES = ("cosmos", "sersic")
 # Physical support of each sampled parameter: (low, high, low_open).

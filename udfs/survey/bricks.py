@@ -13,9 +13,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from udfs.io.errors import InputError
+
 BRICK_SIZE_DEG = 0.25
 PIXSCALE_ARCSEC = 0.262
 BRICK_NPIX = 3600
+
+
+class BrickError(InputError):
+    """A brick name that names no brick, or targets that do not fall on their brick."""
 
 
 @dataclass(frozen=True)
@@ -59,10 +65,10 @@ def brick_at(ra: float, dec: float) -> Brick:
 
 
 def brick_from_name(name: str) -> Brick:
-    """Geometry of a brick from its name; ValueError naming it when no brick has that name."""
+    """Geometry of a brick from its name; :class:`BrickError` naming it when no brick has that name."""
     name = str(name).strip()
     if len(name) != 8 or name[4] not in "pm" or not (name[:4].isdigit() and name[5:].isdigit()):
-        raise ValueError(f"brick name {name!r}: expected RRRR[pm]DDD, e.g. 0959p805")
+        raise BrickError(f"brick name {name!r}: expected RRRR[pm]DDD, e.g. 0959p805")
     ra_t = int(name[:4]) / 10.0
     dec_t = (1 if name[4] == "p" else -1) * int(name[5:]) / 10.0
     row = int(round((dec_t + 90.0) / BRICK_SIZE_DEG))
@@ -74,7 +80,7 @@ def brick_from_name(name: str) -> Brick:
         for col in range(int(ra_t / width) - 1, int(ra_t / width) + 2):
             if 0 <= col < n and _brick(r, col).name == name:
                 return _brick(r, col)
-    raise ValueError(f"brick name {name!r}: no Legacy Survey brick has this name")
+    raise BrickError(f"brick name {name!r}: no Legacy Survey brick has this name")
 
 
 def coadd_wcs_header(brick: Brick, x0: int = 0, y0: int = 0,

@@ -1,16 +1,7 @@
 """Cut per-target stamps out of Legacy Survey coadd bricks, reading only the tiles they need.
 
-Files of a brick ``B`` under a base (local folder, ``s3://`` or ``http(s)://``)::
-
-    <base>/coadd/<B[:3]>/<B>/legacysurvey-<B>-image-<band>.fits.fz    nanomaggies
-    <base>/coadd/<B[:3]>/<B>/legacysurvey-<B>-invvar-<band>.fits.fz   1/nanomaggies^2
-    <base>/coadd/<B[:3]>/<B>/legacysurvey-<B>-maskbits.fits.fz        MASKBITS bit plane
-
-(``layout="flat"``: the same names directly under ``<base>``). The coadds are RICE tile-compressed
-(100x100 tiles); astropy's ``CompImageHDU.section`` on a lazily opened seekable file decompresses
-only the tiles a stamp overlaps, so a stamp costs the FITS headers, the tile table and a few tiles.
-Every byte is counted by :class:`CountingFile`; remote read errors are retried with exponential
-backoff (bounded), then reported on the row.
+Coadd files are located and read by :mod:`udfs.survey.coadd_files` (only the compressed tiles a
+stamp overlaps are fetched, every byte counted, remote errors retried).
 
 Stamp geometry (0-based pixels, x along columns): the target's brick pixel position (x, y) comes from
 the brick's TAN WCS; the stamp of N x N pixels starts at ``x0 = floor(x - (N-1)/2 + 0.5)`` so the
@@ -28,25 +19,25 @@ image 0, invvar 0 (the survey's "no data" convention; the invvar marks them, the
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
-from astropy.io import fits
 from astropy.wcs import WCS
 
-from udfs.io import storage
-from udfs.io.http_range import HTTPRangeFile, http_size, is_http
-from udfs.io.storage import RangeReader
+from udfs.config.checker import ConfigError
+from udfs.survey.bands import COADD_BANDS, SURVEY_BANDS, check_bands
+from udfs.survey.coadd_files import CoaddFile, RemoteReadError, brick_file
 
 WCS_KEYS = ("NAXIS1", "NAXIS2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1", "CD2_2")
 
 
 @dataclass(frozen=True)
 class CutoutConfig:
-    stamp_size: int = 64          # pixels per side
-    bands: str = "grz"            # band order of the output arrays
+    """The cutout settings (``jobs.make_cutouts`` flags); :meth:`validate` names the flag on error."""
+
+    stamp_size: int = 64          # pixels per side (--stamp-size)
+    bands: str = SURVEY_BANDS     # band order of the output arrays (--bands), letters of COADD_BANDS
     min_good_frac: float = 0.5    # per band, fraction of pixels with finite image and invvar > 0
     layout: str = "nested"        # "nested": coadd/<bri>/<brick>/..., "flat": files under base
     require_maskbits: bool = True  # False: rows without a maskbits file keep maskbits = null
@@ -54,158 +45,24 @@ class CutoutConfig:
     backoff_s: float = 0.25       # first wait; doubles per attempt
 
     def validate(self) -> "CutoutConfig":
+        """Return self; raise :class:`~udfs.config.checker.ConfigError` naming the flag of a bad value."""
         if not isinstance(self.stamp_size, int) or not 4 <= self.stamp_size <= 1024:
-            raise ValueError(f"stamp_size: {self.stamp_size!r} is not an integer in [4, 1024]")
-        if not self.bands or any(b not in "griz" for b in self.bands) or len(set(self.bands)) != len(self.bands):
-            raise ValueError(f"bands: {self.bands!r} must be distinct letters from 'griz'")
+            raise ConfigError(f"--stamp-size: {self.stamp_size!r} is not an integer in [4, 1024]")
+        problem = check_bands(self.bands, COADD_BANDS)
+        if problem:
+            raise ConfigError(f"--bands: {problem}")
         if not 0.0 <= self.min_good_frac <= 1.0:
-            raise ValueError(f"min_good_frac: {self.min_good_frac!r} is not in [0, 1]")
+            raise ConfigError(f"--min-good-frac: {self.min_good_frac!r} is not in [0, 1]")
         if self.layout not in ("nested", "flat"):
-            raise ValueError(f"layout: {self.layout!r} is not 'nested' or 'flat'")
-        if self.retries < 0 or self.backoff_s < 0:
-            raise ValueError("retries and backoff_s must be >= 0")
+            raise ConfigError(f"--layout: {self.layout!r} is not 'nested' or 'flat'")
+        if self.retries < 0:
+            raise ConfigError(f"--retries: {self.retries!r} must be >= 0")
+        if self.backoff_s < 0:
+            raise ConfigError(f"backoff_s: {self.backoff_s!r} must be >= 0")
         return self
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def brick_file(base: str, brick: str, kind: str, band: str | None = None, layout: str = "nested") -> str:
-    """URI of a coadd file; ``kind`` is image, invvar or maskbits (no band)."""
-    name = f"legacysurvey-{brick}-{kind}" + (f"-{band}" if band else "") + ".fits.fz"
-    if layout == "flat":
-        parts = [name]
-    else:
-        parts = ["coadd", brick[:3], brick, name]
-    if is_http(base):
-        return "/".join([str(base).rstrip("/")] + parts)
-    return storage.join(base, *parts)
-
-
-class RemoteReadError(OSError):
-    """A read that kept failing after every retry."""
-
-
-def _file_size(uri: str) -> int:
-    if is_http(uri):
-        return http_size(uri)
-    return storage.size(uri)
-
-
-def _open_raw(uri: str, size: int):
-    return HTTPRangeFile(uri, size) if is_http(uri) else storage.open_input(uri)
-
-
-class CountingFile(RangeReader):
-    """Seekable read-only view of a local, S3 or HTTP file that counts the bytes it fetches.
-
-    A failed read is retried ``retries`` times with exponential backoff, reopening the file.
-    """
-
-    def __init__(self, uri: str, size: int, retries: int = 0, backoff_s: float = 0.0):
-        super().__init__(size)
-        self.uri, self.retries, self.backoff_s = uri, retries, backoff_s
-        self.bytes_read = 0
-        self.n_reads = 0
-        self._raw = _open_raw(uri, size)
-
-    def _read_at(self, pos: int, n: int) -> bytes:
-        for attempt in range(self.retries + 1):
-            try:
-                self._raw.seek(pos)
-                data = self._raw.read(n)
-                if len(data) != n:
-                    raise OSError(f"short read: {len(data)} of {n} bytes at {pos}")
-                break
-            except (OSError, ValueError) as exc:
-                if attempt == self.retries:
-                    raise RemoteReadError(f"{self.uri}: {exc} (after {attempt + 1} attempts)") from exc
-                time.sleep(self.backoff_s * 2 ** attempt)
-                try:
-                    self._raw.close()
-                except Exception:  # noqa: BLE001 - the handle is being replaced anyway
-                    pass
-                try:
-                    self._raw = _open_raw(self.uri, self.size)
-                except OSError:
-                    pass  # next attempt fails on the stale handle and backs off again
-        self.bytes_read += n
-        self.n_reads += 1
-        return data
-
-    def close(self) -> None:
-        try:
-            self._raw.close()
-        finally:
-            super().close()
-
-
-class _CoaddFile:
-    """One coadd file of a brick, opened lazily once; records why it cannot be used."""
-
-    def __init__(self, uri: str, label: str, cfg: CutoutConfig):
-        self.uri, self.label, self.cfg = uri, label, cfg
-        self.size = 0
-        self.error: str | None = None
-        self.hdu = None
-        self._file = None
-        self._hdul = None
-        self._opened = False
-
-    @property
-    def bytes_read(self) -> int:
-        return self._file.bytes_read if self._file is not None else 0
-
-    def open(self) -> str | None:
-        """Open if not yet done; return None or ``"missing"``, ``"unreadable"``, ``"read_error"``."""
-        if self._opened:
-            return self.error
-        self._opened = True
-        try:
-            self.size = _with_retries(lambda: _file_size(self.uri), self.cfg)
-        except FileNotFoundError:
-            self.error = "missing"
-            return self.error
-        except OSError:
-            self.error = "read_error"
-            return self.error
-        try:
-            self._file = CountingFile(self.uri, self.size, self.cfg.retries, self.cfg.backoff_s)
-            self._hdul = fits.open(self._file, lazy_load_hdus=True, memmap=False)
-            for hdu in self._hdul:
-                if hdu.is_image and hdu.header.get("NAXIS") == 2:
-                    self.hdu = hdu
-                    break
-            if self.hdu is None:
-                self.error = "unreadable"
-        except RemoteReadError:
-            self.error = "read_error"
-        except Exception:  # noqa: BLE001 - any parse failure of a corrupt file is "unreadable"
-            self.error = "unreadable"
-        return self.error
-
-    def section(self, y0: int, x0: int, n: int) -> np.ndarray:
-        return np.asarray(self.hdu.section[y0:y0 + n, x0:x0 + n])
-
-    def close(self) -> None:
-        for obj in (self._hdul, self._file):
-            if obj is not None:
-                try:
-                    obj.close()
-                except Exception:  # noqa: BLE001 - closing a broken remote handle
-                    pass
-
-
-def _with_retries(fn, cfg: CutoutConfig):
-    for attempt in range(cfg.retries + 1):
-        try:
-            return fn()
-        except FileNotFoundError:
-            raise
-        except OSError:
-            if attempt == cfg.retries:
-                raise
-            time.sleep(cfg.backoff_s * 2 ** attempt)
 
 
 def stamp_origin(x: float, n: int) -> tuple[int, float]:
@@ -214,29 +71,28 @@ def stamp_origin(x: float, n: int) -> tuple[int, float]:
     return x0, float(x - (x0 + (n - 1) / 2))
 
 
-def _fail(row: dict, reason: str) -> dict:
-    row.update(ok=False, fail_reason=reason, image=None, invvar=None, maskbits=None)
-    return row
+class _Failed(Exception):
+    """A stamp that cannot be cut: ``args[0]`` is the row's fail_reason."""
 
 
 def cut_brick(base: str, brick: str, targets: pd.DataFrame, cfg: CutoutConfig) -> pd.DataFrame:
     """Stamps for the targets of one brick (columns target_id, ra, dec, psf_fwhm_<b>, and any
     others, which are carried through). One output row per input row, same order."""
     cfg.validate()
-    n = cfg.stamp_size
-    files: dict[str, _CoaddFile] = {}
+    files: dict[str, CoaddFile] = {}
 
-    def get(kind: str, band: str | None = None) -> _CoaddFile:
+    def get(kind: str, band: str | None = None) -> CoaddFile:
         label = kind + (f"-{band}" if band else "")
         if label not in files:
-            files[label] = _CoaddFile(brick_file(base, brick, kind, band, cfg.layout), label, cfg)
+            files[label] = CoaddFile(brick_file(base, brick, kind, band, cfg.layout), label,
+                                     cfg.retries, cfg.backoff_s)
         return files[label]
 
     rows = []
     try:
         for rec in targets.to_dict("records"):
             before = sum(f.bytes_read for f in files.values())
-            row = _cut_one(rec, brick, cfg, get, n)
+            row = _cut_one(rec, brick, cfg, get)
             row["bytes_read"] = int(sum(f.bytes_read for f in files.values()) - before)
             rows.append(row)
     finally:
@@ -245,91 +101,141 @@ def cut_brick(base: str, brick: str, targets: pd.DataFrame, cfg: CutoutConfig) -
     return pd.DataFrame(rows)
 
 
-def _cut_one(rec: dict, brick: str, cfg: CutoutConfig, get, n: int) -> dict:
+def _cut_one(rec: dict, brick: str, cfg: CutoutConfig, get) -> dict:
+    """One output row: the stamp, or ``ok=False`` with the first fail_reason and null pixels."""
     row = dict(rec)
     row.update(brickname=brick, ok=False, fail_reason=None, dx_pix=float("nan"), dy_pix=float("nan"),
                x_pix=float("nan"), y_pix=float("nan"), stamp_x0=-1, stamp_y0=-1, bands=cfg.bands,
                good_frac=float("nan"), has_maskbits=False, file_bytes=0,
                image=None, invvar=None, maskbits=None)
-    for b in cfg.bands:
-        fwhm = rec.get(f"psf_fwhm_{b}")
-        if fwhm is None or not np.isfinite(fwhm) or fwhm <= 0:
-            return _fail(row, f"bad_psf:{b}")
+    try:
+        for b in cfg.bands:
+            fwhm = rec.get(f"psf_fwhm_{b}")
+            if fwhm is None or not np.isfinite(fwhm) or fwhm <= 0:
+                raise _Failed(f"bad_psf:{b}")
+        needed, mask_f = _open_files(row, cfg, get)
+        x0, y0 = _place(row, rec, needed, mask_f, cfg.stamp_size)
+        images, invvars, good = _read_bands(needed, x0, y0, cfg)
+        if mask_f is not None:
+            row["maskbits"] = _section(mask_f, y0, x0, cfg.stamp_size).astype(np.int32).ravel()
+            row["has_maskbits"] = True
+    except _Failed as failed:
+        row.update(ok=False, fail_reason=failed.args[0], image=None, invvar=None, maskbits=None)
+        return row
+    row.update(ok=True, image=np.stack(images).ravel(), invvar=np.stack(invvars).ravel(),
+               good_frac=float(min(good)))
+    return row
 
+
+def _open_files(row: dict, cfg: CutoutConfig, get) -> tuple[list, CoaddFile | None]:
+    """Open the image and invvar file of every band and the maskbits file; add their sizes to
+    ``row["file_bytes"]``. Returns ``([(image, invvar, band), ...], maskbits or None)``."""
     needed = [(get("image", b), get("invvar", b), b) for b in cfg.bands]
     for img_f, iv_f, b in needed:
         for f in (img_f, iv_f):
             err = f.open()
             row["file_bytes"] += f.size
             if err == "missing":
-                return _fail(row, f"missing_band:{b}")
+                raise _Failed(f"missing_band:{b}")
             if err:
-                return _fail(row, f"{err}:{f.label}")
+                raise _Failed(f"{err}:{f.label}")
     mask_f = get("maskbits")
     mask_err = mask_f.open()
     if mask_err == "missing":
         if cfg.require_maskbits:
-            return _fail(row, "missing_maskbits")
-    elif mask_err:
-        return _fail(row, f"{mask_err}:maskbits")
-    else:
-        row["file_bytes"] += mask_f.size
+            raise _Failed("missing_maskbits")
+        return needed, None
+    if mask_err:
+        raise _Failed(f"{mask_err}:maskbits")
+    row["file_bytes"] += mask_f.size
+    return needed, mask_f
 
+
+def _place(row: dict, rec: dict, needed: list, mask_f: CoaddFile | None, n: int) -> tuple[int, int]:
+    """Check that every file shares the first image's WCS, locate the target, set the geometry
+    columns of ``row``; return the stamp origin ``(x0, y0)`` in brick pixels."""
     ref = needed[0][0].hdu.header
-    usable = [f for f, _, _ in needed] + [f for _, f, _ in needed] + ([] if mask_err else [mask_f])
+    usable = [f for f, _, _ in needed] + [f for _, f, _ in needed] + ([mask_f] if mask_f is not None else [])
     for f in usable[1:]:
         if any(not np.isclose(f.hdu.header.get(k, np.nan), ref.get(k, np.nan), rtol=1e-10, atol=0)
                for k in WCS_KEYS):
-            return _fail(row, f"wcs_mismatch:{f.label}")
-
+            raise _Failed(f"wcs_mismatch:{f.label}")
     nx, ny = int(ref["NAXIS1"]), int(ref["NAXIS2"])
     x, y = WCS(ref).all_world2pix(float(rec["ra"]), float(rec["dec"]), 0)
     x, y = float(x), float(y)
     if not (np.isfinite(x) and np.isfinite(y)):
-        return _fail(row, "off_image")
+        raise _Failed("off_image")
     x0, dx = stamp_origin(x, n)
     y0, dy = stamp_origin(y, n)
     row.update(x_pix=x, y_pix=y, dx_pix=dx, dy_pix=dy, stamp_x0=x0, stamp_y0=y0)
     if not (-0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5):
-        return _fail(row, "off_image")
+        raise _Failed("off_image")
     if x0 < 0 or y0 < 0 or x0 + n > nx or y0 + n > ny:
-        return _fail(row, "stamp_crosses_edge")
+        raise _Failed("stamp_crosses_edge")
+    return x0, y0
 
+
+def _section(f: CoaddFile, y0: int, x0: int, n: int) -> np.ndarray:
+    try:
+        return f.section(y0, x0, n)
+    except RemoteReadError:
+        raise _Failed(f"read_error:{f.label}") from None
+    except Exception:  # noqa: BLE001 - corrupt tile data
+        raise _Failed(f"unreadable:{f.label}") from None
+
+
+def _read_bands(needed: list, x0: int, y0: int, cfg: CutoutConfig) -> tuple[list, list, list]:
+    """Image and invvar stamps per band (non-finite pixels -> image 0, invvar 0) and good fractions."""
     images, invvars, good = [], [], []
     for img_f, iv_f, b in needed:
-        try:
-            img = img_f.section(y0, x0, n).astype(np.float32)
-        except RemoteReadError:
-            return _fail(row, f"read_error:{img_f.label}")
-        except Exception:  # noqa: BLE001 - corrupt tile data
-            return _fail(row, f"unreadable:{img_f.label}")
-        try:
-            iv = iv_f.section(y0, x0, n).astype(np.float32)
-        except RemoteReadError:
-            return _fail(row, f"read_error:{iv_f.label}")
-        except Exception:  # noqa: BLE001
-            return _fail(row, f"unreadable:{iv_f.label}")
+        img = _section(img_f, y0, x0, cfg.stamp_size).astype(np.float32)
+        iv = _section(iv_f, y0, x0, cfg.stamp_size).astype(np.float32)
         finite = np.isfinite(img)
         if not finite.any():
-            return _fail(row, f"all_nan:{b}")
+            raise _Failed(f"all_nan:{b}")
         bad = ~finite | ~np.isfinite(iv) | ~(iv > 0)
         frac = 1.0 - bad.mean()
         if frac < cfg.min_good_frac:
-            return _fail(row, f"low_coverage:{b}")
+            raise _Failed(f"low_coverage:{b}")
         img[~finite] = 0.0
         iv[bad] = 0.0
         images.append(img)
         invvars.append(iv)
         good.append(frac)
+    return images, invvars, good
 
-    if not mask_err:
-        try:
-            row["maskbits"] = mask_f.section(y0, x0, n).astype(np.int32).ravel()
-        except RemoteReadError:
-            return _fail(row, "read_error:maskbits")
-        except Exception:  # noqa: BLE001
-            return _fail(row, "unreadable:maskbits")
-        row["has_maskbits"] = True
-    row.update(ok=True, image=np.stack(images).ravel(), invvar=np.stack(invvars).ravel(),
-               good_frac=float(min(good)))
-    return row
+
+def cut_group(pdf: pd.DataFrame, base: str, cfg: CutoutConfig, provenance: dict[str, str],
+              columns: list[str]) -> pd.DataFrame:
+    """Spark task body (one brick's targets, grouped by brickname): the cutout rows with
+    ``columns`` (the cutouts schema's, in order) and ``provenance`` (code_version, config_hash)."""
+    for b in SURVEY_BANDS:
+        if f"psf_fwhm_{b}" not in pdf:
+            pdf[f"psf_fwhm_{b}"] = np.nan
+    # fixed row order: the first stamp of a brick pays its headers, so bytes_read depends on it
+    pdf = pdf.sort_values("target_id", kind="stable").reset_index(drop=True)
+    out = cut_brick(base, str(pdf["brickname"].iloc[0]), pdf, cfg)
+    for key, value in provenance.items():
+        out[key] = value
+    out["split"] = out["split"].astype(object).where(out["split"].notna(), None)
+    return pd.DataFrame({n: out[n] for n in columns})
+
+
+def summarise(df: pd.DataFrame, cfg: CutoutConfig) -> dict:
+    """Counts by fail_reason and bytes read per stamp against the whole files' size, from the
+    written rows' target_id, ok, fail_reason, bytes_read, file_bytes and brickname."""
+    ok = df[df["ok"]]
+    reasons = df.loc[~df["ok"], "fail_reason"].value_counts().sort_index()
+    total_read = int(df["bytes_read"].sum())
+    return {
+        "n_targets": int(len(df)), "n_ok": int(len(ok)), "n_failed": int((~df["ok"]).sum()),
+        "fail_reasons": {str(k): int(v) for k, v in reasons.items()},
+        "n_bricks": int(df["brickname"].nunique()),
+        "bytes_read_total": total_read,
+        "bytes_read_per_stamp_mean": float(total_read / len(df)) if len(df) else None,
+        "bytes_read_per_ok_stamp_median": float(np.median(ok["bytes_read"])) if len(ok) else None,
+        "whole_files_bytes_per_stamp_mean": float(df["file_bytes"].mean()) if len(df) else None,
+        "read_fraction_of_whole_files": (float(total_read / df["file_bytes"].sum())
+                                         if df["file_bytes"].sum() else None),
+        "stamp_size": cfg.stamp_size, "bands": cfg.bands,
+    }

@@ -27,6 +27,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import math
 
 import numpy as np
@@ -35,10 +36,13 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from udfs.io import storage
-from udfs.survey.bricks import BRICK_NPIX, PIXSCALE_ARCSEC, Brick, brick_from_name, coadd_wcs_header
-from udfs.survey.coadd_cutouts import brick_file
+from udfs.config.limits import SERSIC_N_RANGE
+from udfs.survey.bands import SURVEY_BANDS
+from udfs.survey.bricks import BRICK_NPIX, PIXSCALE_ARCSEC, Brick, BrickError, brick_from_name, coadd_wcs_header
+from udfs.survey.coadd_files import brick_file
 from udfs.survey.depth import pixel_sigma
 from udfs.survey.psf_size import fwhm_from_depth_ratio
+from udfs.survey.tractor_catalog import CatalogError
 
 TILE = 100
 MAX_STAMP = 512  # largest GalSim drawing box per source (pixels)
@@ -47,7 +51,7 @@ SHAPE_COLS = ["shape_r", "shape_e1", "shape_e2", "sersic", "fracdev", "shapedev_
               "shapedev_e2", "shapeexp_r", "shapeexp_e1", "shapeexp_e2"]
 
 
-def read_catalog(uri: str, bands: str = "grz") -> pd.DataFrame:
+def read_catalog(uri: str, bands: str = SURVEY_BANDS) -> pd.DataFrame:
     """Rows of a Tractor or sweep FITS catalogue, lower-case columns; absent shape/PSFSIZE columns NaN."""
     from astropy.table import Table
 
@@ -60,7 +64,7 @@ def read_catalog(uri: str, bands: str = "grz") -> pd.DataFrame:
                                                          for p in ("FLUX", "PSFDEPTH", "GALDEPTH")]
     missing = [c for c in need if c not in tab.colnames]
     if missing:
-        raise ValueError(f"{uri}: catalogue lacks column(s) {', '.join(missing)}")
+        raise CatalogError(f"{uri}: catalogue lacks column(s) {', '.join(missing)}")
     out = pd.DataFrame({c.lower(): _native(tab[c]) for c in need})
     for c in SHAPE_COLS + [f"psfsize_{b}" for b in bands]:
         out[c] = np.asarray(tab[c.upper()], dtype=np.float64) if c.upper() in tab.colnames else np.nan
@@ -76,7 +80,7 @@ def _native(col) -> np.ndarray:
     return arr.astype(arr.dtype.newbyteorder("=")) if arr.dtype.byteorder not in ("=", "|") else arr
 
 
-def read_catalogs(uris: list[str], bands: str = "grz") -> pd.DataFrame:
+def read_catalogs(uris: list[str], bands: str = SURVEY_BANDS) -> pd.DataFrame:
     """All rows of several catalogues, one row per (brickname, objid): the first file listed wins."""
     frames = [read_catalog(u, bands) for u in uris]
     cat = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -98,7 +102,7 @@ def galsim_profile(row: dict):
 
     def radius(value, what):
         if not (np.isfinite(value) and value > 0):
-            raise ValueError(f"{where}: TYPE {kind} needs {what} > 0, got {value}")
+            raise CatalogError(f"{where}: TYPE {kind} needs {what} > 0, got {value}")
         return float(value)
 
     dr9 = np.isfinite(row["shape_r"])
@@ -122,7 +126,7 @@ def galsim_profile(row: dict):
         return _shear(galsim.DeVaucouleurs(half_light_radius=re, trunc=8 * re), e1, e2)
     if kind == "SER":
         re = radius(row["shape_r"], "shape_r")
-        n = float(np.clip(row["sersic"], 0.3, 6.2))
+        n = float(np.clip(row["sersic"], *SERSIC_N_RANGE))
         return _shear(galsim.Sersic(n=n, half_light_radius=re, trunc=8 * re), row["shape_e1"], row["shape_e2"])
     if kind == "COMP":
         f = float(np.clip(row["fracdev"], 0.0, 1.0))
@@ -131,7 +135,7 @@ def galsim_profile(row: dict):
         exp = _shear(galsim.Exponential(half_light_radius=radius(row["shapeexp_r"], "shapeexp_r")),
                      row["shapeexp_e1"], row["shapeexp_e2"])
         return galsim.Add([dev.withFlux(f), exp.withFlux(1.0 - f)])
-    raise ValueError(f"{where}: unknown TYPE {kind!r}")
+    raise CatalogError(f"{where}: unknown TYPE {kind!r}")
 
 
 def brick_psf_and_sigma(rows: pd.DataFrame, band: str, brick: str) -> tuple[float, float, float]:
@@ -139,7 +143,7 @@ def brick_psf_and_sigma(rows: pd.DataFrame, band: str, brick: str) -> tuple[floa
     depth = rows[f"psfdepth_{band}"].to_numpy(np.float64)
     depth = depth[np.isfinite(depth) & (depth > 0)]
     if depth.size == 0:
-        raise ValueError(f"brick {brick}: no catalogue row with PSFDEPTH_{band.upper()} > 0")
+        raise CatalogError(f"brick {brick}: no catalogue row with PSFDEPTH_{band.upper()} > 0")
     size = rows[f"psfsize_{band}"].to_numpy(np.float64)
     size = size[np.isfinite(size) & (size > 0)]
     if size.size == 0:
@@ -147,7 +151,7 @@ def brick_psf_and_sigma(rows: pd.DataFrame, band: str, brick: str) -> tuple[floa
                                      rows[f"galdepth_{band}"].to_numpy(np.float64))
         size = size[np.isfinite(size)]
     if size.size == 0:
-        raise ValueError(f"brick {brick}: neither PSFSIZE_{band.upper()} nor usable "
+        raise CatalogError(f"brick {brick}: neither PSFSIZE_{band.upper()} nor usable "
                          f"PSFDEPTH/GALDEPTH_{band.upper()} to set the PSF")
     fwhm = float(np.median(size))
     psfdepth = float(np.median(depth))
@@ -164,7 +168,7 @@ def section_for(brick: Brick, ra, dec, stamp_size: int, margin: int) -> tuple[in
     hi_x = min(BRICK_NPIX, int(math.ceil((np.max(x) + half) / TILE)) * TILE)
     hi_y = min(BRICK_NPIX, int(math.ceil((np.max(y) + half) / TILE)) * TILE)
     if hi_x <= lo_x or hi_y <= lo_y:
-        raise ValueError(f"brick {brick.name}: targets at x={np.round(x, 1)}, y={np.round(y, 1)} "
+        raise BrickError(f"brick {brick.name}: targets at x={np.round(x, 1)}, y={np.round(y, 1)} "
                          "are not on the brick")
     return lo_x, lo_y, hi_x - lo_x, hi_y - lo_y
 
@@ -174,7 +178,7 @@ def _seed(seed: int, *parts: str) -> int:
 
 
 def render_brick(brick: Brick, catalog: pd.DataFrame, section: tuple[int, int, int, int],
-                 bands: str = "grz", seed: int = 0) -> dict:
+                 bands: str = SURVEY_BANDS, seed: int = 0) -> dict:
     """Images, invvars, maskbits and headers of one brick (section); see the module docstring."""
     import galsim
 
@@ -189,7 +193,7 @@ def render_brick(brick: Brick, catalog: pd.DataFrame, section: tuple[int, int, i
     in_brick = catalog[catalog["brickname"] == brick.name]
     depth_rows = in_brick if len(in_brick) else rows
     if not len(depth_rows):
-        raise ValueError(f"brick {brick.name}: no catalogue rows in or on this brick to set its depth")
+        raise CatalogError(f"brick {brick.name}: no catalogue rows in or on this brick to set its depth")
 
     out = {"bands": bands, "section": section, "images": {}, "invvars": {}, "psf_fwhm": {},
            "sigma": {}, "n_sources": len(rows), "wcs_header": wcs_hdr}
@@ -279,7 +283,7 @@ def write_brick(base: str, brick: Brick, rendered: dict) -> list[str]:
 
 
 def write_sky_for_brick(base: str, brickname: str, target_ra, target_dec, catalog: pd.DataFrame, *,
-                        bands: str = "grz", stamp_size: int = 64, margin: int = 64, seed: int = 0,
+                        bands: str = SURVEY_BANDS, stamp_size: int = 64, margin: int = 64, seed: int = 0,
                         full_brick: bool = False) -> dict:
     """Render and write one brick covering the given targets; return a summary dict."""
     brick = brick_from_name(brickname)
@@ -297,3 +301,14 @@ def write_sky_for_targets(targets: pd.DataFrame, catalog: pd.DataFrame, base: st
     for name, grp in targets.groupby("brickname", sort=True):
         out.append(write_sky_for_brick(base, name, grp["ra"].to_numpy(), grp["dec"].to_numpy(), catalog, **kw))
     return out
+
+
+def render_partition(batches, catalogs: list[str], base: str, opts: dict):
+    """Spark task body (mapInPandas over target rows brickname, ra, dec, partitioned by brick):
+    render and write each brick; yields one ``(brickname, summary JSON)`` row per brick."""
+    for batch in batches:
+        if batch.empty:
+            continue
+        cat = read_catalogs(catalogs, opts["bands"])
+        for s in write_sky_for_targets(batch, cat, base, **opts):
+            yield pd.DataFrame({"brickname": [s["brickname"]], "summary": [json.dumps(s, sort_keys=True)]})

@@ -1,7 +1,7 @@
 """Load and check ``conf/anchors.yaml`` (jobs.build_anchors); errors name the file and the dotted key.
 
 Angles in degrees (footprint boxes) or arcsec (radii, PSF FWHM). ``{data_root}`` in a list's path is
-the sample-data folder (:func:`udfs.io.sample_data.data_root`).
+the sample-data folder (:func:`udfs.config.sample_data.data_root`).
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def load_config(uri: str) -> AnchorConfig:
 
 def parse_config(data: dict, source: str) -> AnchorConfig:
     """Check an anchors mapping; :class:`~udfs.config.checker.ConfigError` names ``source`` and the key."""
-    from udfs.io.sample_data import data_root
+    from udfs.config.sample_data import data_root
 
     c = Checker(source)
     c.unknown(data, TOP_KEYS, "")

@@ -1,4 +1,5 @@
-"""Physics limits shared by the source bank, the manifest priors, the demo sky and the renderer.
+"""Physics limits shared by the source bank, the manifest priors, the demo sky and the renderer
+(defined below every domain package, so that each of them may check against them).
 
 ``SERSIC_N_RANGE``: the Sersic indices GalSim can draw (0.3 <= n <= 6.2; GalSim raises outside).
 The bank keeps only Sersic twins in this range, the manifest's Sersic priors must lie in it, the

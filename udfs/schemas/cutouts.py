@@ -1,0 +1,107 @@
+"""The stage-4 cutouts dataset, defined once: columns, Arrow types, units, schema metadata.
+
+Written by ``jobs.make_cutouts`` (rows from :func:`udfs.survey.coadd_cutouts.cut_brick`), read by
+``jobs.inject_stamps`` and the tests. One row per target, bucketed by ``target_id``; not partitioned.
+
+Pixel columns are fixed-size lists: ``image``, ``invvar`` float32 ``(band, y, x)`` row-major with
+the band order of ``band_order``; ``maskbits`` int32 ``(y, x)``, one plane for all bands. Failed
+rows (``ok`` false) hold lists of null items. Shapes, band order, units and the stamp geometry are
+in the schema metadata (:func:`layout_metadata`), so pyarrow alone can read the pixels.
+"""
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from udfs.io.datasets import DatasetError
+from udfs.survey.bands import SURVEY_BANDS
+
+WHAT = "the stage-4 cutouts dataset"
+SUMMARY_FILE = "_summary.json"
+#: what the cutout job reads from a targets dataset (plus ``psf_fwhm_<band>`` per requested band)
+TARGET_INPUT_COLUMNS = ("target_id", "ra", "dec", "brickname", "split")
+#: the columns stage 5 joins onto its tasks
+READER_COLUMNS = ["target_id", "ok", "fail_reason", "dx_pix", "dy_pix", "image", "invvar", "maskbits"]
+#: schema metadata keys every reader of the pixels needs
+LAYOUT_KEYS = ("image_shape", "band_order")
+#: the per-row columns the job's ``_summary.json`` is computed from
+SUMMARY_COLUMNS = ["target_id", "ok", "fail_reason", "bytes_read", "file_bytes", "brickname"]
+
+_S, _D, _I, _L, _B = pa.string(), pa.float64(), pa.int32(), pa.int64(), pa.bool_()
+_PIX = "pixel"
+
+
+def _field(name: str, typ: pa.DataType, unit: str = "") -> pa.Field:
+    return pa.field(name, typ, metadata={"unit": unit} if unit else None)
+
+
+def target_input_columns(bands: str) -> list[str]:
+    """The targets columns a cutout run over ``bands`` needs."""
+    return [*TARGET_INPUT_COLUMNS, *(f"psf_fwhm_{b}" for b in bands)]
+
+
+def cutout_fields(n_bands: int, npix: int | None, target_id: pa.DataType = _S) -> list[pa.Field]:
+    """The columns in file order. ``npix``: stamp side; None gives variable-size pixel lists (the
+    rows as the Spark task yields them). ``target_id``: the type of the targets' id column."""
+    def pixels(typ: pa.DataType, size: int) -> pa.DataType:
+        return pa.list_(typ, size) if npix is not None else pa.list_(typ)
+
+    plane = (npix or 0) ** 2
+    return [
+        _field("target_id", target_id), _field("ok", _B), _field("fail_reason", _S),
+        _field("dx_pix", _D, _PIX), _field("dy_pix", _D, _PIX), _field("x_pix", _D, _PIX),
+        _field("y_pix", _D, _PIX), _field("stamp_x0", _I, _PIX), _field("stamp_y0", _I, _PIX),
+        _field("ra", _D, "deg"), _field("dec", _D, "deg"), _field("bands", _S),
+        _field("image", pixels(pa.float32(), n_bands * plane), "nanomaggies"),
+        _field("invvar", pixels(pa.float32(), n_bands * plane), "nanomaggies^-2"),
+        _field("maskbits", pixels(pa.int32(), plane), "Legacy Survey MASKBITS"),
+        _field("has_maskbits", _B), _field("good_frac", _D, "1"),
+        *[_field(f"psf_fwhm_{b}", _D, "arcsec") for b in SURVEY_BANDS],
+        _field("bytes_read", _L, "bytes"), _field("file_bytes", _L, "bytes"), _field("brickname", _S),
+        _field("split", _S), _field("code_version", _S), _field("config_hash", _S),
+    ]
+
+
+COLUMNS = [f.name for f in cutout_fields(1, None)]
+
+
+def layout_metadata(bands: str, npix: int) -> dict[str, str]:
+    """The schema metadata describing pixel shapes, band order, units and the stamp geometry."""
+    nb = len(bands)
+    return {
+        "image_shape": json.dumps([nb, npix, npix]), "invvar_shape": json.dumps([nb, npix, npix]),
+        "maskbits_shape": json.dumps([npix, npix]), "band_order": bands,
+        "pixel_layout": "image/invvar: (band, y, x) row-major flattened, band order = band_order; "
+                        "maskbits: (y, x) row-major, one plane for all bands",
+        "units": "image: nanomaggies; invvar: 1/nanomaggies^2; maskbits: Legacy Survey MASKBITS; "
+                 "psf_fwhm_*: arcsec; dx_pix, dy_pix, x_pix, y_pix: pixels",
+        "stamp_geometry": "target at stamp pixel ((N-1)/2 + dx_pix, (N-1)/2 + dy_pix), 0-based, x = column; "
+                          "stamp pixel (0, 0) = brick pixel (stamp_x0, stamp_y0)",
+    }
+
+
+def cutout_schema(bands: str, npix: int, provenance: dict[str, str] | None = None,
+                  target_id: pa.DataType = _S) -> pa.Schema:
+    """The Arrow schema of a cutouts file: :func:`cutout_fields` with fixed-size pixel lists and
+    :func:`layout_metadata` followed by ``provenance`` (code_version, config_hash, cutout_config)."""
+    return pa.schema(cutout_fields(len(bands), npix, target_id),
+                     metadata={**layout_metadata(bands, npix), **(provenance or {})})
+
+
+def stamp_geometry(path: str, metadata: dict[str, str]) -> tuple[str, int]:
+    """``(band order, stamp side N)`` from a cutouts file's schema metadata (``path`` names it in errors)."""
+    if any(k not in metadata for k in LAYOUT_KEYS):
+        raise DatasetError(f"{path}: not a cutouts dataset (missing {'/'.join(LAYOUT_KEYS)} metadata)")
+    _, n, _ = json.loads(metadata["image_shape"])
+    return metadata["band_order"], int(n)
+
+
+_DDL = {_S: "string", _D: "double", _I: "int", _L: "bigint", _B: "boolean",
+        pa.list_(pa.float32()): "array<float>", pa.list_(pa.int32()): "array<int>"}
+
+
+def spark_ddl(target_id_ddl: str = "string") -> str:
+    """Spark DDL of a cutout row as the Spark task yields it (pixels as variable-size arrays)."""
+    fields = cutout_fields(1, None)
+    return ", ".join(f"{f.name} {target_id_ddl if f.name == 'target_id' else _DDL[f.type]}" for f in fields)
