@@ -28,13 +28,13 @@ from jobs.spark import bucket_of, get_spark, read_parquet, write_json, write_par
 from udfs.config.provenance import code_version, config_hash
 from udfs.io import storage
 from udfs.io.datasets import DatasetError, dataset_files, open_dataset, partition_values, schema_metadata
+from udfs.schemas import cutouts
 from udfs.schemas import stamps as schema
 from udfs.sources.bank import read_bank_info
 from udfs.stamps.inject import BANK_COLUMNS, DEFAULT_CONFIG, inject_partition, load_settings
 from udfs.stamps.manifest import resolve_manifest
 from udfs.stamps.summary import read_status, summarise
 
-CUTOUT_COLUMNS = ["target_id", "ok", "fail_reason", "dx_pix", "dy_pix", "image", "invvar", "maskbits"]
 
 
 def parse_args(argv):
@@ -51,12 +51,8 @@ def parse_args(argv):
 
 def _stamp_geometry(cutouts_uri: str) -> tuple[str, int]:
     """``(band order, stamp size N)`` of the stage-4 cutouts dataset."""
-    files, file_schema = open_dataset(cutouts_uri, "the stage-4 cutouts dataset", CUTOUT_COLUMNS)
-    meta = schema_metadata(file_schema)
-    if "image_shape" not in meta or "band_order" not in meta:
-        raise DatasetError(f"{files[0]}: not a cutouts dataset (missing image_shape/band_order metadata)")
-    _, n, _ = json.loads(meta["image_shape"])
-    return meta["band_order"], int(n)
+    files, file_schema = open_dataset(cutouts_uri, cutouts.WHAT, cutouts.READER_COLUMNS)
+    return cutouts.stamp_geometry(files[0], schema_metadata(file_schema))
 
 
 def _existing_buckets(uri: str) -> set[tuple[str, int]]:
@@ -96,7 +92,7 @@ def run(args, manifest: str, settings, n: int, bank) -> dict:
     if done:  # resume: tasks of finished bucket files are not recomputed
         key = F.concat_ws("|", F.col("split"), bucket_of(["task_id"], settings.n_buckets).cast("string"))
         tasks = tasks.filter(~key.isin([f"{s}|{b}" for s, b in sorted(done)]))
-    cut = read_parquet(spark, args.cutouts).select(*CUTOUT_COLUMNS)
+    cut = read_parquet(spark, args.cutouts).select(*cutouts.READER_COLUMNS)
     cut = cut.withColumnRenamed("ok", "cutout_ok").withColumnRenamed("fail_reason", "cutout_fail_reason")
     body = functools.partial(inject_partition, bank_uri=args.bank, settings=settings, stamp_size=n,
                              cosmology=cosmology,

@@ -195,7 +195,6 @@ def pair_metrics(pdf: pd.DataFrame, layout: StampLayout, *, core_radius: float, 
     """Rows of a full outer join of injected (``inj_*``) and control (``ctl_*``) rows on ``pair_id``
     -> one row per pair: completeness, flux accounting per band and, for the gate sample, the core
     and annulus pixels of both stamps (all bands, float32)."""
-    n = len(pdf)
     shape = (layout.n_bands, layout.npix, layout.npix)
     complete = (pdf["inj_ok"].fillna(False).astype(bool) & pdf["ctl_ok"].fillna(False).astype(bool)).to_numpy()
     out = pd.DataFrame({"pair_id": pdf["pair_id"], "complete": complete,
