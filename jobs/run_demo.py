@@ -5,9 +5,10 @@
 1. LRG selection on the real DR8 sweeps and DR8/DR9 Tractor files (``conf/demo_lrg_selection.yaml``);
 2. the COSMOS source bank from the real ``btk_ext26`` galaxies (``conf/bank.yaml``);
 3. the injection manifest (``conf/demo_injection_priors.yaml``);
-4. a rendered stand-in sky in the exact coadd format for the selected LRGs' bricks (real coadds are
+4. a rendered stand-in sky in the exact coadd format for the selected LRGs' bricks, its sources drawn
+   with the PSFEx models the injection uses and its noise with the real z coadd's texture (real coadds are
    not available offline; see the README), then cutouts read from it as from real coadds;
-5. injection (``conf/injection.yaml``);
+5. injection (``conf/demo_injection.yaml``: PSFEx PSFs);
 6. validation: report, shortcut gates and pictures, including the gallery.
 
 Outputs under ``--output``: ``targets/``, ``bank.h5``, ``manifest/``, ``sky/``, ``cutouts/``,
@@ -39,6 +40,23 @@ def _stage(name: str, func, argv: list[str]) -> None:
     print(f"=== {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
+def _summary(out: Path, gallery: list[Path], wall_s: float) -> dict:
+    """What ``summary.json`` says: where the outputs are, stamp counts and failure rates by label."""
+    stamps = json.loads((out / "stamps" / "_summary.json").read_text())
+    sky = json.loads((out / "sky" / "sample_sky.json").read_text())
+    summary = {
+        "code_version": code_version(), "wall_s": round(wall_s, 1),
+        "stamps": str(out / "stamps"), "report": str(out / "validation" / "report.json"),
+        "gallery": str(out / "gallery.png") if gallery else None,
+        "n_stamps": stamps["n_stamps"], "n_ok": stamps["n_ok"],
+        "by_label": {k: {"n": v["n"], "failure_rate": v["failure_rate"]} for k, v in stamps["by_label"].items()},
+        "note": "cutouts come from a rendered stand-in sky (real catalogue rows, catalogue depth), not real coadds",
+        "sky": {b["brickname"]: {"psf_source": b["psf_source"], "noise_neighbour_correlation":
+                                 b["noise_neighbour_correlation"]} for b in sky["bricks"]},
+    }
+    return summary
+
+
 @job_main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="jobs.run_demo", description=__doc__.split("\n")[0])
@@ -50,6 +68,7 @@ def main(argv=None) -> int:
     from jobs import (build_manifest, cosmos_source_loader, inject_stamps, make_cutouts,
                       make_sample_sky, select_lrgs, validate_cosmos_injection)
     from jobs.spark import get_spark
+    from udfs.stamps.inject import load_settings
     from udfs.stamps.manifest import resolve_manifest
 
     data = data_root()
@@ -70,28 +89,24 @@ def main(argv=None) -> int:
            ["--targets", str(out / "targets"), "--config", str(priors), "--output",
             str(out / "manifest"), "--bank", str(out / "bank.h5")])
     manifest = resolve_manifest(str(out / "manifest"))  # where stage 3 wrote (its _manifest.json)
+    injection = CONF / "demo_injection.yaml"
+    psfex = load_settings(str(injection)).psfex_files  # the sky's sources share the arcs' PSF
     _stage("4a sample sky (rendered stand-in for coadds)", make_sample_sky.main,
            ["--targets", str(out / "targets"), "--catalogs", str(ls / "dr8_tractor"), str(ls / "dr9_tractor"),
-            str(ls / "dr8_sweeps"), "--output", str(out / "sky")])
+            str(ls / "dr8_sweeps"), "--output", str(out / "sky"),
+            *[a for b, f in zip("grz", psfex) for a in (f"--psfex-{b}", f)],
+            "--noise-texture", str(ls / "coadd_1102p240_z" / "legacysurvey-1102p240-image-z.fits.fz")])
     _stage("4b cutouts", make_cutouts.main,
            ["--targets", str(out / "targets"), "--coadd-base", str(out / "sky"), "--output", str(out / "cutouts")])
     _stage("5 injection", inject_stamps.main,
            ["--manifest", manifest, "--cutouts", str(out / "cutouts"), "--bank", str(out / "bank.h5"),
-            "--output", str(out / "stamps"), "--config", str(CONF / "injection.yaml")])
+            "--output", str(out / "stamps"), "--config", str(injection)])
     _stage("6 validation", validate_cosmos_injection.main,
            ["--stamps", str(out / "stamps"), "--output", str(out / "validation" / "report.json")])
     gallery = sorted((out / "validation").glob("*gallery*.png"))
     if gallery:
         shutil.copyfile(gallery[0], out / "gallery.png")
-    stamps = json.loads((out / "stamps" / "_summary.json").read_text())
-    summary = {
-        "code_version": code_version(), "wall_s": round(time.perf_counter() - t0, 1),
-        "stamps": str(out / "stamps"), "report": str(out / "validation" / "report.json"),
-        "gallery": str(out / "gallery.png") if gallery else None,
-        "n_stamps": stamps["n_stamps"], "n_ok": stamps["n_ok"],
-        "by_label": {k: {"n": v["n"], "failure_rate": v["failure_rate"]} for k, v in stamps["by_label"].items()},
-        "note": "cutouts come from a rendered stand-in sky (real catalogue rows, catalogue depth), not real coadds",
-    }
+    summary = _summary(out, gallery, time.perf_counter() - t0)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     print("\n" + json.dumps(summary, indent=2, sort_keys=True))
     print(f"\nstamps:  {summary['stamps']}\nreport:  {summary['report']}\n"

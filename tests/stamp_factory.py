@@ -2,9 +2,9 @@
 
 Each target gets a cutout (a Gaussian "LRG" of random brightness on Gaussian sky noise, invvar
 constant per band) and one injected/control pair: the control is the cutout, the injected stamp
-adds an arc segment of radius theta_E with its own Poisson noise (``udfs.lensing.arc_noise``). The metrics
+adds an arc segment of radius theta_E with its own Poisson noise (``udfs.survey.shot_noise``). The metrics
 come from ``udfs.lensing.arc_metrics``. ``core_shortcut`` plants extra central flux in the injected arcs
-(the previous pipeline's core-brightness shortcut); gains from ``udfs.lensing.arc_noise.gain_estimate``; ``n_failed`` injected rows fail (pixels = lists
+(the previous pipeline's core-brightness shortcut); gains from ``udfs.survey.shot_noise.gain_estimate``; ``n_failed`` injected rows fail (pixels = lists
 of nulls); ``nan_rows`` ok rows get one NaN pixel. Files: ``split=<s>/part-0000<k>.parquet``, rows
 hashed by task_id into two files per split, so injected and control rows of a pair are often in
 different files.
@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from udfs.io import storage
 from udfs.lensing.arc_metrics import arc_metrics
-from udfs.lensing.arc_noise import add_poisson_noise, gain_estimate
+from udfs.survey.shot_noise import add_poisson_noise, gain_estimate
 from udfs.schemas.stamps import stamp_schema
 
 BANDS = "grz"

@@ -14,7 +14,7 @@ from udfs.io.errors import InputError
 from udfs.survey import coadd_files
 from udfs.survey.coadd_cutouts import CutoutConfig, cut_brick
 from udfs.survey.coadd_files import brick_file
-from udfs.survey.sample_sky import fits_fz_bytes
+from udfs.survey.sky_files import fits_fz_bytes
 
 BRICK = "0959p805"
 FILES = [f"legacysurvey-{BRICK}-{k}-{b}.fits.fz" for k in ("image", "invvar") for b in "gz"]

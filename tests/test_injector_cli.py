@@ -7,7 +7,7 @@ from astropy.io import fits
 from jobs.cosmos_lens_injector import main
 from tests.lensing_fixtures import tan_header, write_cube_cutout, write_test_bank
 from udfs.lensing.arc_metrics import arc_snr, core_flux_fraction
-from udfs.lensing.arc_noise import add_poisson_noise
+from udfs.survey.shot_noise import add_poisson_noise
 from udfs.lensing.arcs import nanomaggies
 from udfs.sources import bank as bank_module
 from udfs.sources.bank import BankError, read_bank, read_bank_info

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from udfs.lensing.arc_metrics import CORE_RADIUS_ARCSEC, arc_metrics
-from udfs.lensing.arc_noise import add_poisson_noise, gain_estimate
+from udfs.survey.shot_noise import add_poisson_noise, gain_estimate
 from udfs.lensing.lens_model import Lens
 from udfs.config.limits import ParameterError
 from udfs.lensing.render import MODE_COSMOS, MODE_SERSIC, render_unit_arcs
@@ -95,7 +95,7 @@ def inject(images: np.ndarray, invvar: np.ndarray, rendered: RenderedArcs, lens:
            core_radius: float = CORE_RADIUS_ARCSEC) -> tuple[np.ndarray, np.ndarray, dict]:
     """Add arcs to cutouts ``(B, n_bands, N, N)``; returns ``(injected, added_arcs, metrics)``.
 
-    With ``noise`` the added arc carries its own Poisson noise (:mod:`udfs.lensing.arc_noise`), drawn from
+    With ``noise`` the added arc carries its own Poisson noise (:mod:`udfs.survey.shot_noise`), drawn from
     ``numpy.random.default_rng(seed)`` per stamp, bands in order; ``metrics`` then also holds
     ``gain_<band>`` (electrons per nanomaggy). Metrics are computed on the noiseless arc.
     """

@@ -12,11 +12,14 @@ exponential), EXP, DEV (de Vaucouleurs truncated at 8 r_e), COMP (DR8: FRACDEV D
 with their own shapes), SER (DR9 Sersic). Shapes: r_e (arcsec) and Tractor ellipticities e1, e2
 (|e| = (1-b/a)/(1+b/a), position angle east of north = atan2(e2, e1)/2); in GalSim's celestial
 frame (+u west, +v north) that is the reduced shear (g1, g2) = (-e1, -e2). Fluxes FLUX_<b> as
-catalogued (observed nanomaggies). The PSF is a Gaussian per brick and band: the median catalogue
-PSFSIZE_<b> when present (DR9), else the FWHM inferred from PSFDEPTH/GALDEPTH (:mod:`udfs.survey.psf_size`).
-Noise: Gaussian, constant per brick and band, ``sigma = 1/sqrt(PSFDEPTH * NEA_psf)`` with the
-brick's median PSFDEPTH_<b>; invvar = 1/sigma^2; no source Poisson noise. Seeds are derived from
-(seed, brick, band), so the files are byte-identical for the same inputs.
+catalogued (observed nanomaggies). PSF per band: a survey PSFEx model (``psfex``: the same file
+the demo's injection convolves arcs with, at its fit centre), else a Gaussian of the brick's median
+PSFSIZE_<b> (or the FWHM inferred from PSFDEPTH/GALDEPTH, :mod:`udfs.survey.psf_size`). Noise:
+``sigma = 1/sqrt(PSFDEPTH * NEA_psf)`` from the brick's median PSFDEPTH_<b> (invvar = 1/sigma^2,
+sky only, as in the survey's files) plus the sources' own shot noise (variance model/gain, the gain
+model of :mod:`udfs.survey.shot_noise`), drawn with the real coadd's noise texture (``texture``,
+:mod:`udfs.survey.noise_texture`) or white. Headers record PSFSRC, PSFFWHM, SKYSIG, GAIN, NOISECOR
+and NOISESRC. Seeds are derived from (seed, brick, band): the same inputs give the same pixels.
 MASKBITS: only bit 0 (NPRIMARY, pixel outside the brick's unique area) is set; nothing else is
 simulated. Size: by default a tile-aligned section of the 3600x3600 brick covering the targets'
 stamps plus a margin, with the full brick's pixel grid and sky mapping (keywords SECX0, SECY0 give
@@ -25,10 +28,10 @@ its origin); ``full_brick=True`` writes all 3600x3600 pixels.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import math
+import posixpath
 
 import numpy as np
 import pandas as pd
@@ -39,12 +42,14 @@ from udfs.io import storage
 from udfs.config.limits import SERSIC_N_RANGE
 from udfs.survey.bands import SURVEY_BANDS
 from udfs.survey.bricks import BRICK_NPIX, PIXSCALE_ARCSEC, Brick, BrickError, brick_from_name, coadd_wcs_header
-from udfs.survey.coadd_files import brick_file
+from udfs.survey.sky_files import TILE, seed_for, write_brick
 from udfs.survey.depth import pixel_sigma
+from udfs.survey.noise_texture import correlated_noise
+from udfs.survey.psf import psfex_kernel
 from udfs.survey.psf_size import fwhm_from_depth_ratio
+from udfs.survey.shot_noise import gain_estimate
 from udfs.survey.tractor_catalog import CatalogError
 
-TILE = 100
 MAX_STAMP = 512  # largest GalSim drawing box per source (pixels)
 NPRIMARY = 1 << 0
 SHAPE_COLS = ["shape_r", "shape_e1", "shape_e2", "sersic", "fracdev", "shapedev_r", "shapedev_e1",
@@ -173,19 +178,61 @@ def section_for(brick: Brick, ra, dec, stamp_size: int, margin: int) -> tuple[in
     return lo_x, lo_y, hi_x - lo_x, hi_y - lo_y
 
 
-def _seed(seed: int, *parts: str) -> int:
-    return int.from_bytes(hashlib.sha256(":".join([str(seed), *parts]).encode()).digest()[:8], "little")
+def _psf(band: str, fwhm: float, psfex: dict | None):
+    """(GalSim PSF, drawing method, FWHM arcsec, source) of one band: the band's PSFEx model at its
+    fit centre (an effective PSF: drawn without a further pixel) or a Gaussian of the catalogue FWHM."""
+    import galsim
+
+    if psfex and band in psfex:
+        kernel = psfex_kernel(psfex[band], None, None, PIXSCALE_ARCSEC)
+        image = galsim.ImageD(kernel, scale=PIXSCALE_ARCSEC)
+        return (galsim.InterpolatedImage(image, normalization="sb"), "no_pixel",
+                float(image.calculateFWHM()), posixpath.basename(psfex[band]))
+    return galsim.Gaussian(fwhm=fwhm), "auto", fwhm, "gaussian"
+
+
+def _draw_sources(img, rows: pd.DataFrame, profiles: list, band: str, psf, method: str) -> None:
+    import galsim
+
+    for prof, r in zip(profiles, rows.to_dict("records")):
+        flux = float(r[f"flux_{band}"])
+        if prof is None or not np.isfinite(flux) or flux == 0:
+            continue
+        obj = galsim.Convolve(prof.withFlux(flux), psf)
+        size = min(obj.getGoodImageSize(PIXSCALE_ARCSEC), MAX_STAMP)
+        pos = galsim.PositionD(r["px"] + 1.0, r["py"] + 1.0)
+        ix, iy = int(round(pos.x)), int(round(pos.y))
+        bounds = galsim.BoundsI(ix - size // 2, ix + size // 2, iy - size // 2, iy + size // 2) & img.bounds
+        if bounds.isDefined():
+            sub = img[bounds]
+            obj.drawImage(image=sub, add_to_image=True, offset=pos - sub.true_center, method=method)
+
+
+def sky_noise(model: np.ndarray, sigma: float, band: str, texture: dict | None,
+              rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """Noise of one rendered band and the gain used: sky noise ``sigma`` plus the sources' shot noise
+    (variance ``model / gain``, the gain model of :mod:`udfs.survey.shot_noise`), Gaussian, with the
+    coadd's texture (``texture["kernel"]``, :mod:`udfs.survey.noise_texture`) or white without one."""
+    gain = gain_estimate(np.full(1, 1.0 / sigma**2), band, PIXSCALE_ARCSEC)
+    std = np.sqrt(sigma**2 + np.clip(model, 0.0, None) / gain)
+    if texture is None:
+        return rng.normal(0.0, 1.0, model.shape) * std, gain
+    return correlated_noise(model.shape, std, np.asarray(texture["kernel"], float), rng), gain
 
 
 def render_brick(brick: Brick, catalog: pd.DataFrame, section: tuple[int, int, int, int],
-                 bands: str = SURVEY_BANDS, seed: int = 0) -> dict:
-    """Images, invvars, maskbits and headers of one brick (section); see the module docstring."""
+                 bands: str = SURVEY_BANDS, seed: int = 0, psfex: dict | None = None,
+                 texture: dict | None = None) -> dict:
+    """Images, invvars, maskbits and headers of one brick (section); see the module docstring.
+
+    ``psfex``: band -> PSFEx model file (bands without one get the Gaussian); ``texture``: the
+    coadd noise texture (``NoiseTexture.as_dict()`` plus its ``source``), or ``None`` for white noise.
+    """
     import galsim
 
     x0, y0, nx, ny = section
     wcs_hdr = fits.Header(coadd_wcs_header(brick, x0, y0, nx, ny))
     awcs = WCS(wcs_hdr)
-    gwcs = galsim.GSFitsWCS(header=wcs_hdr)
     px, py = awcs.all_world2pix(catalog["ra"].to_numpy(), catalog["dec"].to_numpy(), 0)
     pad = 20
     on = (px > -pad) & (px < nx + pad) & (py > -pad) & (py < ny + pad)
@@ -195,104 +242,42 @@ def render_brick(brick: Brick, catalog: pd.DataFrame, section: tuple[int, int, i
     if not len(depth_rows):
         raise CatalogError(f"brick {brick.name}: no catalogue rows in or on this brick to set its depth")
 
-    out = {"bands": bands, "section": section, "images": {}, "invvars": {}, "psf_fwhm": {},
-           "sigma": {}, "n_sources": len(rows), "wcs_header": wcs_hdr}
+    out = {"bands": bands, "section": section, "images": {}, "invvars": {}, "psf_fwhm": {}, "sigma": {},
+           "psf_source": {}, "gain": {}, "texture": texture, "n_sources": len(rows), "wcs_header": wcs_hdr}
     profiles = [galsim_profile(r) for r in rows.to_dict("records")]
     for band in bands:
-        fwhm, sigma, _ = brick_psf_and_sigma(depth_rows, band, brick.name)
-        psf = galsim.Gaussian(fwhm=fwhm)
-        img = galsim.ImageF(nx, ny, wcs=gwcs)  # GalSim pixel (1, 1) = 0-based (0, 0)
-        for prof, r in zip(profiles, rows.to_dict("records")):
-            flux = float(r[f"flux_{band}"])
-            if prof is None or not np.isfinite(flux) or flux == 0:
-                continue
-            obj = galsim.Convolve(prof.withFlux(flux), psf)
-            size = min(obj.getGoodImageSize(PIXSCALE_ARCSEC), MAX_STAMP)
-            pos = galsim.PositionD(r["px"] + 1.0, r["py"] + 1.0)
-            ix, iy = int(round(pos.x)), int(round(pos.y))
-            bounds = galsim.BoundsI(ix - size // 2, ix + size // 2, iy - size // 2, iy + size // 2) & img.bounds
-            if not bounds.isDefined():
-                continue
-            sub = img[bounds]
-            obj.drawImage(image=sub, add_to_image=True, offset=pos - sub.true_center)
-        rng = np.random.default_rng(_seed(seed, brick.name, band))
-        pix = img.array.astype(np.float32) + rng.normal(0.0, sigma, (ny, nx)).astype(np.float32)
-        out["images"][band] = pix
+        catalog_fwhm, _, psfdepth = brick_psf_and_sigma(depth_rows, band, brick.name)
+        psf, method, fwhm, source = _psf(band, catalog_fwhm, psfex)
+        sigma = pixel_sigma(psfdepth, fwhm)
+        img = galsim.ImageF(nx, ny, wcs=galsim.GSFitsWCS(header=wcs_hdr))  # GalSim (1, 1) = 0-based (0, 0)
+        _draw_sources(img, rows, profiles, band, psf, method)
+        noise, gain = sky_noise(img.array.astype(np.float64), sigma, band, texture,
+                                np.random.default_rng(seed_for(seed, brick.name, band)))
+        out["images"][band] = (img.array + noise).astype(np.float32)
         out["invvars"][band] = np.full((ny, nx), 1.0 / sigma**2, np.float32)
         out["psf_fwhm"][band], out["sigma"][band] = fwhm, sigma
+        out["psf_source"][band], out["gain"][band] = source, gain
 
     yy, xx = np.mgrid[0:ny, 0:nx]
     ra, dec = awcs.all_pix2world(xx.ravel(), yy.ravel(), 0)
-    ra = ra.reshape(ny, nx)
-    dec = dec.reshape(ny, nx)
-    inside = (ra >= brick.ra1) & (ra < brick.ra2) & (dec >= brick.dec1) & (dec < brick.dec2)
+    inside = ((ra >= brick.ra1) & (ra < brick.ra2) & (dec >= brick.dec1) & (dec < brick.dec2)).reshape(ny, nx)
     out["maskbits"] = np.where(inside, 0, NPRIMARY).astype(np.int16)
     return out
 
 
-def _header(brick: Brick, rendered: dict, kind: str, band: str | None) -> fits.Header:
-    h = fits.Header()
-    x0, y0, _, _ = rendered["section"]
-    h["BRICKNAM"] = (brick.name, "LegacySurvey brick RRRr[pm]DDd")
-    h["RAMIN"], h["RAMAX"] = (brick.ra1, "Brick RA min"), (brick.ra2, "Brick RA max")
-    h["DECMIN"], h["DECMAX"] = (brick.dec1, "Brick Dec min"), (brick.dec2, "Brick Dec max")
-    h["BRICKRA"], h["BRICKDEC"] = (brick.ra, "Brick center"), (brick.dec, "Brick center")
-    h["BRICKBND"] = (rendered["bands"], "Bands touching this brick")
-    if band:
-        h["FILTER"] = band
-    for k, v in rendered["wcs_header"].items():
-        if not k.startswith("NAXIS"):
-            h[k] = v
-    h["IMTYPE"] = kind
-    if kind == "image":
-        h["MAGZERO"] = (22.5, "Magnitude zeropoint")
-        h["BUNIT"] = ("nanomaggy", "AB mag = 22.5 - 2.5*log10(nanomaggy)")
-    elif kind == "invvar":
-        h["BUNIT"] = "1/nanomaggy^2"
-    h["SAMPSKY"] = (True, "rendered stand-in, NOT real survey data")
-    h["SECX0"], h["SECY0"] = (x0, "section origin x in the brick pixel grid"), (y0, "section origin y")
-    if band:
-        h["PSFFWHM"] = (rendered["psf_fwhm"][band], "[arcsec] Gaussian PSF FWHM used")
-        h["SKYSIG"] = (rendered["sigma"][band], "[nanomaggy] per-pixel noise sigma")
-    h["NSOURCES"] = (rendered["n_sources"], "catalogue rows rendered")
-    return h
-
-
-def fits_fz_bytes(data: np.ndarray, header: fits.Header, dither_seed: int) -> bytes:
-    """An empty primary HDU plus a RICE_1, 100x100-tile compressed image HDU, as bytes."""
-    hdu = fits.CompImageHDU(data, header=header, compression_type="RICE_1", tile_shape=(TILE, TILE),
-                            quantize_method=2, dither_seed=dither_seed)
-    buf = io.BytesIO()
-    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buf)
-    return buf.getvalue()
-
-
-def write_brick(base: str, brick: Brick, rendered: dict) -> list[str]:
-    """Write the rendered brick under ``base`` in the coadd layout; return the URIs written."""
-    written = []
-    dither = 1 + _seed(0, brick.name) % 10000
-    for band in rendered["bands"]:
-        for kind, arr in (("image", rendered["images"][band]), ("invvar", rendered["invvars"][band])):
-            uri = brick_file(base, brick.name, kind, band)
-            storage.write_bytes(uri, fits_fz_bytes(arr, _header(brick, rendered, kind, band), dither))
-            written.append(uri)
-    uri = brick_file(base, brick.name, "maskbits")
-    storage.write_bytes(uri, fits_fz_bytes(rendered["maskbits"], _header(brick, rendered, "maskbits", None), dither))
-    written.append(uri)
-    return written
-
-
 def write_sky_for_brick(base: str, brickname: str, target_ra, target_dec, catalog: pd.DataFrame, *,
                         bands: str = SURVEY_BANDS, stamp_size: int = 64, margin: int = 64, seed: int = 0,
-                        full_brick: bool = False) -> dict:
+                        full_brick: bool = False, psfex: dict | None = None, texture: dict | None = None) -> dict:
     """Render and write one brick covering the given targets; return a summary dict."""
     brick = brick_from_name(brickname)
     section = ((0, 0, BRICK_NPIX, BRICK_NPIX) if full_brick
                else section_for(brick, target_ra, target_dec, stamp_size, margin))
-    rendered = render_brick(brick, catalog, section, bands, seed)
+    rendered = render_brick(brick, catalog, section, bands, seed, psfex, texture)
     files = write_brick(base, brick, rendered)
     return {"brickname": brickname, "section": list(section), "n_sources": rendered["n_sources"],
-            "psf_fwhm": rendered["psf_fwhm"], "sigma": rendered["sigma"], "files": files}
+            "psf_fwhm": rendered["psf_fwhm"], "psf_source": rendered["psf_source"], "sigma": rendered["sigma"],
+            "gain": rendered["gain"], "noise_neighbour_correlation": texture["neighbour"] if texture else 0.0,
+            "files": files}
 
 
 def write_sky_for_targets(targets: pd.DataFrame, catalog: pd.DataFrame, base: str, **kw) -> list[dict]:

@@ -1,7 +1,8 @@
-"""Poisson noise of the arc's own photons, from the cutout's invvar and a gain estimate.
+"""Shot noise of added light (an injected arc, a rendered sky source), from the invvar and a gain estimate.
 
-Legacy Survey coadds are sky-subtracted and their invvar holds the sky (and read) noise only, so an
-injected arc needs its own shot noise. With ``g`` electrons per nanomaggy, a sky-limited pixel has
+Legacy Survey coadds are sky-subtracted and their invvar holds the sky (and read) noise only, so
+light added to a coadd (an injected arc, or a source of the demo's rendered sky) needs its own shot
+noise, from one gain model. With ``g`` electrons per nanomaggy, a sky-limited pixel has
 ``1 / invvar = sky / g`` (nanomaggies^2), hence the gain estimate ``g = invvar * sky`` with ``sky``
 the sky flux per pixel from a typical dark-sky brightness per band (``SKY_MAG_ARCSEC2``, DECam).
 The arc then becomes ``Poisson(arc * g) / g``: zero where the arc is zero, never clamped.
