@@ -53,12 +53,12 @@ def _header(brick: Brick, rendered: dict, kind: str, band: str | None) -> fits.H
     h["SECX0"], h["SECY0"] = (x0, "section origin x in the brick pixel grid"), (y0, "section origin y")
     if band:
         h["PSFFWHM"] = (rendered["psf_fwhm"][band], "[arcsec] FWHM of the sources PSF")
-        h["PSFSRC"] = (rendered["psf_source"][band], "PSFEx model file or gaussian")
+        h["PSFSRC"] = rendered["psf_source"][band]  # PSFEx model file or "gaussian" (too long for a comment)
         h["SKYSIG"] = (rendered["sigma"][band], "[nanomaggy] per-pixel sky noise sigma")
         h["GAIN"] = (rendered["gain"][band], "[e-/nmgy] gain of source shot noise")
         texture = rendered["texture"]
         h["NOISECOR"] = (texture["neighbour"] if texture else 0.0, "noise neighbour-pixel correlation")
-        h["NOISESRC"] = (texture["source"] if texture else "white", "coadd of the noise texture")
+        h["NOISESRC"] = texture["source"] if texture else "white"  # coadd the texture was measured on
     h["NSOURCES"] = (rendered["n_sources"], "catalogue rows rendered")
     return h
 
