@@ -40,7 +40,7 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def read_columns(spark, files: list[str], columns: list[str], ddl: str):
+def spark_columns(spark, files: list[str], columns: list[str], ddl: str):
     """A DataFrame of ``columns`` read with pyarrow inside the tasks, one task per file."""
     return (spark.createDataFrame([(f,) for f in files], "path string").repartition(len(files))
             .mapInPandas(column_reader(columns), ddl))
@@ -50,7 +50,7 @@ def read_scores(spark, uri: str, files: list[str]):
     """The scores (task_id, score) as a DataFrame; one finite score per task_id, else ScoreTableError."""
     from pyspark.sql import functions as F
 
-    scores = read_columns(spark, files, ["task_id", "score"], "task_id string, score double")
+    scores = spark_columns(spark, files, ["task_id", "score"], "task_id string, score double")
     dup = scores.groupBy("task_id").count().filter("count > 1").limit(1).collect()
     if dup:
         raise ScoreTableError(f"{uri}: task_id {dup[0]['task_id']!r} has {dup[0]['count']} scores")
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     stamp_files, _ = open_dataset(args.stamps, "the stage-5 stamps dataset", STAMP_COLUMNS + axes, allow_file=True)
     score_files, _ = open_dataset(args.scores, "the scores (task_id, score)", ["task_id", "score"], allow_file=True)
     spark = get_spark("completeness")
-    stamps = read_columns(spark, stamp_files, STAMP_COLUMNS + axes, "task_id string, is_control boolean, ok boolean, "
+    stamps = spark_columns(spark, stamp_files, STAMP_COLUMNS + axes, "task_id string, is_control boolean, ok boolean, "
                           + ", ".join(f"{a} double" for a in axes))
     scores = read_scores(spark, args.scores, score_files)
     joined = stamps.join(scores, "task_id", "left")

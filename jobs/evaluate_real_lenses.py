@@ -27,7 +27,8 @@ from jobs.cli import job_main
 from udfs.config.provenance import REPO_ROOT, code_version, config_hash
 from udfs.config.validation import load_config
 from udfs.io import storage
-from udfs.qa.recall import (ScoreTableError, anchor_checks, check_scores, load_table, real_lens_report,
+from udfs.io.datasets import read_columns
+from udfs.qa.recall import (ScoreTableError, anchor_checks, check_scores, real_lens_report,
                             summary_lines, threshold_lines)
 from udfs.schemas.anchors import EVALUATION_COLUMNS
 from udfs.targets.anchors import lenscat_table
@@ -56,13 +57,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     full_cfg = load_config(args.config)
     cfg = full_cfg.recall
-    anchors = load_table(args.anchors, EVALUATION_COLUMNS, "the jobs.build_anchors output")
-    scores = load_table(args.scores, ["target_id", "score"], "the scores (target_id, score)")
+    anchors = read_columns(args.anchors, "the jobs.build_anchors output", EVALUATION_COLUMNS, allow_file=True)
+    scores = read_columns(args.scores, "the scores (target_id, score)", ["target_id", "score"], allow_file=True)
     check_scores(scores, "target_id", args.scores)
     unknown = sorted(set(anchors["split"]) - {"anchor", "negative"})
     if unknown:
         raise ScoreTableError(f"{args.anchors}: unexpected split value(s) {unknown} (expected anchor/negative)")
-    cutouts = load_table(args.cutouts, CUTOUT_COLUMNS, "the jobs.make_cutouts output") if args.cutouts else None
+    cutouts = read_columns(args.cutouts, "the jobs.make_cutouts output", CUTOUT_COLUMNS,
+                           allow_file=True) if args.cutouts else None
     cat, version = lenscat_table()
     checks = anchor_checks(anchors[anchors["split"] == "anchor"].reset_index(drop=True), cat, version,
                            args.radius, cutouts, args.anchors)

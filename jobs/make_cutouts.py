@@ -23,13 +23,11 @@ import argparse
 import json
 import sys
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from jobs.cli import InputError, job_main
 from udfs.config.provenance import code_version, config_hash
 from udfs.io import storage
-from udfs.io.datasets import list_dataset, open_dataset
+from udfs.io.datasets import open_dataset, read_columns
 from udfs.schemas import cutouts as schema
 from udfs.survey.bands import COADD_BANDS, SURVEY_BANDS
 from udfs.survey.coadd_cutouts import CutoutConfig, cut_group, summarise
@@ -85,12 +83,6 @@ def _check_rows(targets, uri: str) -> None:
         raise InputError(f"{uri}: target_id is not unique ({stats['n']} rows, {stats['n_ids']} distinct ids)")
 
 
-def _read_summary_rows(uri: str):
-    tables = [pq.read_table(storage.open_input(f), columns=schema.SUMMARY_COLUMNS)
-              for f in list_dataset(uri, schema.WHAT)]
-    return pa.concat_tables(tables).to_pandas()
-
-
 @job_main
 def main(argv=None) -> int:
     from pyspark.sql.pandas.types import to_arrow_type
@@ -115,7 +107,7 @@ def main(argv=None) -> int:
         **provenance, "cutout_config": json.dumps(cfg.as_dict(), sort_keys=True)}, to_arrow_type(id_type))
     files = write_parquet(stamps, args.output, key=["target_id"], n_buckets=args.n_buckets,
                           arrow_schema=arrow_schema, skip_existing=args.skip_existing)
-    summary = {"output": args.output, **summarise(_read_summary_rows(args.output), cfg), **provenance,
+    summary = {"output": args.output, **summarise(read_columns(args.output, schema.WHAT, schema.SUMMARY_COLUMNS), cfg), **provenance,
                "files": files}
     write_json(storage.join(args.output, schema.SUMMARY_FILE), summary)
     print(f"cutouts: {summary['n_ok']}/{summary['n_targets']} ok, failures {summary['fail_reasons']}, "

@@ -74,6 +74,22 @@ def open_dataset(uri: str, what: str, columns: list[str], *, allow_file: bool = 
     return files, schema
 
 
+def read_columns(uri: str, what: str, columns: list[str], *, allow_file: bool = False):
+    """``columns`` of every file of a dataset as one pandas frame, in file order; a column may be a
+    ``col=value`` folder (restored as strings). Every file must have them (:class:`DatasetError`)."""
+    tables = []
+    for f in list_dataset(uri, what, allow_file=allow_file):
+        parts, schema = partition_values(uri, f), file_schema(f)
+        check_columns(f, schema, columns, parts)
+        with storage.open_input(f) as fh:
+            t = pq.read_table(fh, columns=[c for c in columns if c in schema.names])
+        for k, v in parts.items():
+            if k in columns and k not in t.column_names:
+                t = t.append_column(k, pa.array([v] * len(t), pa.string()))
+        tables.append(t.select(columns))
+    return pa.concat_tables(tables).to_pandas()
+
+
 def schema_metadata(schema: pa.Schema) -> dict[str, str]:
     """A schema's key/value metadata as ``str -> str``."""
     return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}

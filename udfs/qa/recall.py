@@ -19,10 +19,7 @@ import math
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
-from udfs.io import storage
-from udfs.io.datasets import check_columns, file_schema, list_dataset, partition_values
 from udfs.io.errors import InputError
 from udfs.targets.anchors import crossmatch_to_lenscat, footprint_check
 
@@ -108,23 +105,6 @@ def split_refs(ref: str | None) -> list[str]:
 
 class ScoreTableError(InputError):
     """A score table (or the table it scores) is inconsistent: duplicate ids, NaN scores, bad labels."""
-
-
-def load_table(uri: str, columns: list[str], what: str) -> pd.DataFrame:
-    """A Parquet file or dataset as pandas (``col=value`` folders restored as strings); every file
-    must have ``columns`` (:class:`~udfs.io.datasets.DatasetError` naming it otherwise)."""
-    frames = []
-    for f in list_dataset(uri, what, allow_file=True):
-        parts = partition_values(uri, f)
-        schema = file_schema(f)
-        check_columns(f, schema, columns, parts)
-        with storage.open_input(f) as fh:
-            df = pq.read_table(fh, columns=[c for c in columns if c in schema.names]).to_pandas()
-        for k, v in parts.items():
-            if k in columns:
-                df[k] = v
-        frames.append(df[columns])
-    return pd.concat(frames, ignore_index=True)
 
 
 def check_scores(scores: pd.DataFrame, key: str, uri: str) -> None:

@@ -8,23 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from udfs.io import storage
-from udfs.io.datasets import dataset_files, partition_values
+from udfs.io.datasets import read_columns
 from udfs.schemas import stamps as schema
 
 
 def read_status(uri: str, bands: str) -> pd.DataFrame:
     """Label, status and conditions of every stamp of the dataset at ``uri``, with its ``split``."""
     cols = ["is_control", "ok", "fail_reason"] + [f[0] for f in schema.condition_fields(bands)]
-    tables = []
-    for f in dataset_files(uri):
-        t = pq.read_table(storage.open_input(f), columns=cols)
-        split = partition_values(uri, f).get("split")
-        tables.append(t.append_column("split", pa.array([split] * len(t))))
-    return pa.concat_tables(tables).to_pandas()
+    return read_columns(uri, schema.WHAT, cols + ["split"])
 
 
 def summarise(df: pd.DataFrame, bands: str) -> dict:
