@@ -76,34 +76,44 @@ def psf_kernel(model: str, fwhm: float, pixel_scale: float, beta: float | None =
     raise PSFError(f"unknown PSF model {model!r}: use 'gaussian', 'moffat' or a PSFEx file")
 
 
+PSFEX_KEYS = ("polnaxis", "polzero1", "polzero2", "polscal1", "polscal2", "polname1", "polname2",
+              "polngrp", "polgrp1", "polgrp2", "poldeg1", "psfnaxis", "psfaxis1", "psfaxis2", "psfaxis3",
+              "psf_samp")
+
+
+def des_psfex(table: fits.BinTableHDU, row: int):
+    """GalSim ``DES_PSFEx`` of one row of a Legacy Survey PSFEx table.
+
+    Legacy Survey files keep PSFEx's keywords (POLZERO, POLSCAL, POLDEG, PSF_SAMP, ...) as table
+    columns (one row per CCD in the merged per-exposure files); they are moved into a header so
+    that GalSim evaluates the polynomial basis.
+    """
+    import galsim.des
+
+    values = table.data[row]
+    header = fits.Header()
+    for key in PSFEX_KEYS:
+        value = values[key]
+        header[key.upper()] = value.item() if hasattr(value, "item") else str(value).strip()
+    col = table.columns["psf_mask"]
+    hdu = fits.BinTableHDU.from_columns(
+        [fits.Column(name="PSF_MASK", format=col.format, dim=col.dim,
+                     array=table.data["psf_mask"][row: row + 1])], header=header)
+    return galsim.des.DES_PSFEx(hdu)
+
+
 @lru_cache(maxsize=64)
 def psfex_kernel(uri: str, x: float | None, y: float | None, pixel_scale: float, size: int = 63,
                  psfex_pixel_scale: float = DECAM_PIXEL_SCALE) -> np.ndarray:
     """PSF image of a Legacy Survey PSFEx model (``*-psfex.fits``) at CCD pixel ``(x, y)``
     (``None``: the model's fit centre, POLZERO).
 
-    Legacy Survey files keep PSFEx's keywords (POLZERO, POLSCAL, POLDEG, PSF_SAMP, ...) as table
-    columns; they are moved into the header so that GalSim's ``DES_PSFEx`` evaluates the
-    polynomial basis, and the result is resampled from the model's sampling
+    The model is row 0 of the file (:func:`des_psfex`), resampled from the model's sampling
     (``psf_samp * psfex_pixel_scale`` arcsec) onto ``pixel_scale``.
     """
-    import galsim.des
-
     try:
         with fits.open(storage.open_input(uri)) as hdul:
-            table = hdul[1]
-            row = table.data[0]
-            header = fits.Header()
-            for key in ("polnaxis", "polzero1", "polzero2", "polscal1", "polscal2", "polname1",
-                        "polname2", "polngrp", "polgrp1", "polgrp2", "poldeg1", "psfnaxis",
-                        "psfaxis1", "psfaxis2", "psfaxis3", "psf_samp"):
-                value = row[key]
-                header[key.upper()] = value.item() if hasattr(value, "item") else str(value).strip()
-            hdu = fits.BinTableHDU.from_columns(
-                [fits.Column(name="PSF_MASK", format=table.columns["psf_mask"].format,
-                             dim=table.columns["psf_mask"].dim, array=table.data["psf_mask"][:1])],
-                header=header)
-            model = galsim.des.DES_PSFEx(hdu)
+            row, model = hdul[1].data[0], des_psfex(hdul[1], 0)
     except (OSError, KeyError, IndexError, TypeError) as exc:  # FileNotFoundError is an OSError
         raise PSFError(f"{uri}: not a readable Legacy Survey PSFEx model ({exc})") from exc
     if x is None or y is None:

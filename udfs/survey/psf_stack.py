@@ -47,10 +47,8 @@ from astropy.wcs import WCS, FITSFixedWarning
 from udfs.io import storage
 from udfs.io.errors import InputError
 from udfs.survey.bricks import PIXSCALE_ARCSEC
+from udfs.survey.psf import des_psfex
 
-PSFEX_KEYS = ("polnaxis", "polzero1", "polzero2", "polscal1", "polscal2", "polname1", "polname2",
-              "polngrp", "polgrp1", "polgrp2", "poldeg1", "psfnaxis", "psfaxis1", "psfaxis2",
-              "psfaxis3", "psf_samp")
 
 
 class PSFStackError(InputError):
@@ -164,16 +162,7 @@ def read_psfex_model(uri: str, ccdname: str, log: list | None = None) -> galsim.
                 rows = [0] if len(table.data) == 1 else []
             if not rows:
                 raise KeyError(f"no row for CCD {ccdname}")
-            row = table.data[rows[0]]
-            header = fits.Header()
-            for key in PSFEX_KEYS:
-                value = row[key]
-                header[key.upper()] = value.item() if hasattr(value, "item") else _strip(value)
-            col = table.columns["psf_mask"]
-            hdu = fits.BinTableHDU.from_columns(
-                [fits.Column(name="PSF_MASK", format=col.format, dim=col.dim,
-                             array=table.data["psf_mask"][rows[0]: rows[0] + 1])], header=header)
-            model = galsim.des.DES_PSFEx(hdu)
+            model = des_psfex(table, rows[0])
     except (OSError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise PSFStackError(f"{uri}: no readable PSFEx model for CCD {ccdname} ({exc})") from exc
     if log is not None:
