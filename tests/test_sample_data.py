@@ -56,3 +56,15 @@ def test_a_bad_pin_is_a_config_error_naming_file_and_key(tmp_path):
     bad.write_text("sources:\n  cosmos/x:\n    repo: a/b\n    files: {}\n")
     with pytest.raises(ConfigError, match=r"sources.cosmos/x.commit: missing required key"):
         sample_data.load_manifest(str(bad))
+
+
+def test_data_root_is_located_only_for_the_placeholder(monkeypatch, tmp_path):
+    from udfs.config import sample_data as config_sample_data
+
+    def no_sample_data():
+        raise AssertionError("data_root() called for a production path")
+
+    monkeypatch.setattr(config_sample_data, "data_root", no_sample_data)
+    assert config_sample_data.expand_data_root("s3://bucket/psfex/z.fits") == "s3://bucket/psfex/z.fits"
+    monkeypatch.setattr(config_sample_data, "data_root", lambda: tmp_path)
+    assert config_sample_data.expand_data_root("{data_root}/psfex/z.fits") == f"{tmp_path}/psfex/z.fits"

@@ -78,3 +78,9 @@ def data_root() -> Path:
         return shared
     cache = Path(os.environ.get("LENSINJ_CACHE", Path.home() / ".cache" / "lensinj")) / "sample_data"
     return download(cache)
+
+
+def expand_data_root(path: str) -> str:
+    """``path`` with ``{data_root}`` replaced by :func:`data_root` (located, or downloaded, only
+    when the placeholder is there: production paths never touch the sample data)."""
+    return path.replace("{data_root}", str(data_root())) if "{data_root}" in path else path

@@ -27,7 +27,7 @@ import pandas as pd
 
 from udfs.config.checker import Checker, load_yaml
 from udfs.config.provenance import REPO_ROOT
-from udfs.config.sample_data import data_root
+from udfs.config.sample_data import expand_data_root
 from udfs.io import storage
 from udfs.lensing.arc_metrics import CORE_RADIUS_ARCSEC
 from udfs.lensing.arcs import Sources, inject, render_arcs
@@ -79,7 +79,7 @@ def load_settings(uri: str) -> InjectionSettings:
     if model == "psfex":
         if not isinstance(files, dict) or set(files) != set(bands):
             raise c.fail("psfex_files", f"psf_model psfex needs one PSFEx file per band {bands!r}, got {files!r}")
-        files = {b: str(files[b]).replace("{data_root}", str(data_root())) for b in bands}
+        files = {b: expand_data_root(str(files[b])) for b in bands}
         for b in bands:
             if not storage.exists(files[b]):
                 raise c.fail(f"psfex_files.{b}", f"{files[b]}: file not found")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from udfs.config.checker import Checker, load_yaml
+from udfs.config.sample_data import expand_data_root
 from udfs.survey.bands import SURVEY_BANDS
 from udfs.survey.bricks import brick_at
 
@@ -68,8 +69,6 @@ def load_config(uri: str) -> AnchorConfig:
 
 def parse_config(data: dict, source: str) -> AnchorConfig:
     """Check an anchors mapping; :class:`~udfs.config.checker.ConfigError` names ``source`` and the key."""
-    from udfs.config.sample_data import data_root
-
     c = Checker(source)
     c.unknown(data, TOP_KEYS, "")
     lc = c.mapping(data, "lenscat", "lenscat")
@@ -87,9 +86,9 @@ def parse_config(data: dict, source: str) -> AnchorConfig:
         types=_strings(c, lc, "types", "lenscat.types", allow_empty=False),
         ref_contains=_strings(c, lc, "ref_contains", "lenscat.ref_contains"),
         footprint=footprint, psf_nominal=psf_nominal,
-        negatives=_lists(c, neg, "lists", "negatives.lists", data_root, False),
+        negatives=_lists(c, neg, "lists", "negatives.lists", False),
         exclusion_radius_arcsec=c.number(neg, "exclusion_radius_arcsec", "negatives.exclusion_radius_arcsec", lo=0),
-        crosscheck=_lists(c, data, "crosscheck", "crosscheck", data_root, True),
+        crosscheck=_lists(c, data, "crosscheck", "crosscheck", True),
         check_radius_arcsec=c.number(data, "check_radius_arcsec", "check_radius_arcsec", lo=0, lo_open=True),
         healpix_nside=c.integer(data, "healpix_nside", "healpix_nside", lo=1, hi=2 ** 29),
         n_buckets=c.integer(data, "n_buckets", "n_buckets", lo=1),
@@ -126,7 +125,7 @@ def _strings(c: Checker, parent, name, key, *, allow_empty=True) -> tuple[str, .
     return tuple(v)
 
 
-def _lists(c: Checker, parent, name, key, data_root, with_radius) -> tuple[PositionList, ...]:
+def _lists(c: Checker, parent, name, key, with_radius) -> tuple[PositionList, ...]:
     v = c.get(parent, name, key)
     if not isinstance(v, list):
         raise c.fail(key, f"expected a list, got {v!r}")
@@ -138,8 +137,7 @@ def _lists(c: Checker, parent, name, key, data_root, with_radius) -> tuple[Posit
             raise c.fail(k, f"expected a mapping, got {item!r}")
         c.unknown(item, allowed, k)
         path = c.string(item, "path", f"{k}.path")
-        if "{data_root}" in path:
-            path = path.replace("{data_root}", str(data_root()))
+        path = expand_data_root(path)
         out.append(PositionList(name=c.string(item, "name", f"{k}.name"), path=path,
                                 ra_column=c.string(item, "ra_column", f"{k}.ra_column"),
                                 dec_column=c.string(item, "dec_column", f"{k}.dec_column"),
