@@ -3,18 +3,28 @@
     python -m jobs.make_cutouts --targets TARGETS --coadd-base BASE --output OUT
         [--stamp-size 64] [--bands grz] [--min-good-frac 0.5] [--layout nested|flat]
         [--allow-missing-maskbits] [--n-buckets 8] [--retries 4] [--skip-existing]
+        [--psf-model survey|moffat|gaussian] [--ccds TABLE] [--calib-base DIR] [--images-base DIR]
+        [--moffat-beta 3.1] [--psf-flux-fraction 0.995]
 
 TARGETS: the stage-1 Parquet dataset (columns target_id, ra, dec, brickname, split,
 psf_fwhm_<band> for every requested band). BASE: local folder, s3:// or http(s):// holding
 ``coadd/<bri>/<brick>/legacysurvey-<brick>-*.fits.fz``. Targets are grouped by brick; each group
 reads only the compressed tiles its stamps need (:mod:`udfs.survey.coadd_cutouts`).
 
+PSF per target and band (:mod:`udfs.survey.target_psf`): by default the inverse-variance stack of
+the covering CCDs' PSFEx models, from ``--ccds`` (a survey-ccds table; default the brick's
+``legacysurvey-<brick>-ccds.fits`` beside its coadd files) and ``--calib-base`` (holding
+``psfex/``; default ``<BASE>/calib``); where those are missing or do not cover the target, a
+Moffat of the target's PSFSIZE, recorded in ``psf_source``. The stamp's noise texture per band is
+measured from its source-free pixels (:mod:`udfs.survey.noise_texture`).
+
 Output: a Parquet dataset (bucketed by target_id) with one row per target: ``ok``, ``fail_reason``,
 ``image``/``invvar`` (float32) and ``maskbits`` (int32) as Arrow fixed-size lists, band-major
 (n_bands, H, W) flattened row-major (maskbits: one (H, W) plane), shapes and band order in the
 schema metadata; ``dx_pix, dy_pix`` (target offset from the stamp centre (N-1)/2), PSF FWHM per band,
 ``bytes_read`` / ``file_bytes``, ``code_version``, ``config_hash``. With it ``<OUT>/_summary.json``:
-counts by fail_reason and bytes read per stamp against the whole files' size. Failed rows keep
+counts by fail_reason, bytes read per stamp against the whole files' size, PSF and noise-texture
+sources per band, and per brick the PSF files read and their bytes. Failed rows keep
 their pixel columns as lists of null items (never zeros); see :mod:`udfs.survey.coadd_cutouts` for reasons.
 """
 from __future__ import annotations
@@ -31,6 +41,7 @@ from udfs.io.datasets import open_dataset, read_columns
 from udfs.schemas import cutouts as schema
 from udfs.survey.bands import COADD_BANDS, SURVEY_BANDS
 from udfs.survey.coadd_cutouts import CutoutConfig, cut_group, summarise
+from udfs.survey.target_psf import DEFAULT_MOFFAT_BETA, PSF_MODELS, PSFConfig
 
 
 def parse_args(argv):
@@ -51,14 +62,29 @@ def parse_args(argv):
     p.add_argument("--n-buckets", type=int, default=8, help="output files (hash buckets of target_id)")
     p.add_argument("--retries", type=int, default=4, help="retries per failed remote read (backoff doubles)")
     p.add_argument("--skip-existing", action="store_true", help="resume: keep output files that exist")
+    p.add_argument("--psf-model", choices=PSF_MODELS, default="survey",
+                   help="survey: CCD PSFEx stack, Moffat fallback (default); moffat; gaussian (explicit only)")
+    p.add_argument("--ccds", help="survey-ccds table (default: legacysurvey-<brick>-ccds.fits beside the coadds)")
+    p.add_argument("--calib-base", help="folder (or s3://, https://) holding psfex/ (default: <coadd base>/calib)")
+    p.add_argument("--images-base", help="CCD images for their header WCS (default: <calib>/../images if present)")
+    p.add_argument("--moffat-beta", type=float, default=DEFAULT_MOFFAT_BETA,
+                   help=f"Moffat beta where the CCD table has none (default {DEFAULT_MOFFAT_BETA})")
+    p.add_argument("--psf-flux-fraction", type=float, default=0.995,
+                   help="PSF kernels hold this fraction of the flux (default 0.995)")
     return p.parse_args(argv)
 
 
 def _config(args) -> CutoutConfig:
     """The cutout settings from the flags; bad values raise naming the flag."""
+    psf = PSFConfig(model=args.psf_model, ccds=args.ccds, calib_base=args.calib_base,
+                    images_base=args.images_base, moffat_beta=args.moffat_beta,
+                    flux_fraction=args.psf_flux_fraction)
     cfg = CutoutConfig(stamp_size=args.stamp_size, bands=args.bands, min_good_frac=args.min_good_frac,
                        layout=args.layout, require_maskbits=not args.allow_missing_maskbits,
-                       retries=args.retries).validate()
+                       retries=args.retries, psf=psf).validate()
+    for flag, uri in (("--ccds", args.ccds), ("--calib-base", args.calib_base), ("--images-base", args.images_base)):
+        if uri and not storage.exists(uri):
+            raise InputError(f"{flag} {uri}: not found")
     if args.n_buckets < 1:
         raise InputError(f"--n-buckets: {args.n_buckets} must be >= 1")
     if not (storage.is_s3(args.coadd_base) or args.coadd_base.startswith(("http://", "https://"))) \
@@ -113,6 +139,8 @@ def main(argv=None) -> int:
     print(f"cutouts: {summary['n_ok']}/{summary['n_targets']} ok, failures {summary['fail_reasons']}, "
           f"{summary['bytes_read_per_stamp_mean']:.0f} bytes read per stamp vs "
           f"{summary['whole_files_bytes_per_stamp_mean']:.0f} in the whole files -> {args.output}")
+    print(f"cutouts: PSF sources {summary['psf_source_counts']}, noise texture {summary['noise_source_counts']}, "
+          f"PSF reads {summary['psf_bytes_read_per_brick_mean'] or 0:.0f} bytes per brick")
     return 0
 
 

@@ -9,13 +9,9 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
-from udfs.io.storage import RangeReader
+from udfs.io.storage import RangeReader, is_http  # noqa: F401 - is_http re-exported for callers
 
 TIMEOUT_S = 60
-
-
-def is_http(uri: str) -> bool:
-    return str(uri).startswith(("http://", "https://"))
 
 
 def _request(url: str, method: str = "GET", headers: dict | None = None):
@@ -37,6 +33,12 @@ def http_size(url: str) -> int:
     if length is None:
         raise OSError(f"{url}: server sent no Content-Length")
     return int(length)
+
+
+def get_bytes(url: str) -> bytes:
+    """The whole body of a GET; FileNotFoundError for 403/404/410, OSError otherwise."""
+    with _request(url) as r:
+        return r.read()
 
 
 class HTTPRangeFile(RangeReader):

@@ -1,4 +1,5 @@
-"""Read and write files on local disk or S3 (``s3://bucket/key``) through ``pyarrow.fs``.
+"""Read and write files on local disk or S3 (``s3://bucket/key``) through ``pyarrow.fs``; read
+``http(s)://`` files too (:mod:`udfs.io.http_range`: HEAD for the size, byte-range GETs).
 
 One code path for laptops and EMR executors. S3 settings come from the standard AWS chain
 (environment, profile, instance role); ``AWS_ENDPOINT_URL`` points at another S3-API server
@@ -17,6 +18,10 @@ import pyarrow.fs as pafs
 
 def is_s3(uri: str) -> bool:
     return str(uri).startswith("s3://")
+
+
+def is_http(uri: str) -> bool:
+    return str(uri).startswith(("http://", "https://"))
 
 
 def _s3() -> pafs.S3FileSystem:
@@ -41,15 +46,31 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
 
 def join(base: str, *parts: str) -> str:
     base = str(base)
-    return posixpath.join(base, *parts) if is_s3(base) else os.path.join(base, *parts)
+    return posixpath.join(base, *parts) if is_s3(base) or is_http(base) else os.path.join(base, *parts)
+
+
+def parent(uri: str) -> str:
+    """The folder holding ``uri`` (a trailing slash ignored)."""
+    uri = str(uri).rstrip("/")
+    return posixpath.dirname(uri) if is_s3(uri) or is_http(uri) else os.path.dirname(uri)
 
 
 def exists(uri: str) -> bool:
+    if is_http(uri):
+        from udfs.io.http_range import http_size
+        try:
+            http_size(uri)
+        except FileNotFoundError:
+            return False
+        return True
     fs, path = resolve(uri)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def size(uri: str) -> int:
+    if is_http(uri):
+        from udfs.io.http_range import http_size
+        return http_size(uri)
     fs, path = resolve(uri)
     info = fs.get_file_info(path)
     if info.type != pafs.FileType.File:
@@ -59,6 +80,9 @@ def size(uri: str) -> int:
 
 def open_input(uri: str):
     """A seekable binary file (random access: FITS section reads fetch only the bytes they need)."""
+    if is_http(uri):
+        from udfs.io.http_range import HTTPRangeFile
+        return HTTPRangeFile(uri)
     fs, path = resolve(uri)
     try:
         return fs.open_input_file(path)
@@ -67,6 +91,10 @@ def open_input(uri: str):
 
 
 def read_bytes(uri: str) -> bytes:
+    """The whole file (over HTTP: one plain GET)."""
+    if is_http(uri):
+        from udfs.io.http_range import get_bytes
+        return get_bytes(uri)
     with open_input(uri) as f:
         return f.read()
 

@@ -7,6 +7,13 @@ Pixel columns are fixed-size lists: ``image``, ``invvar`` float32 ``(band, y, x)
 the band order of ``band_order``; ``maskbits`` int32 ``(y, x)``, one plane for all bands. Failed
 rows (``ok`` false) hold lists of null items. Shapes, band order, units and the stamp geometry are
 in the schema metadata (:func:`layout_metadata`), so pyarrow alone can read the pixels.
+
+The target's PSF (:mod:`udfs.survey.target_psf`): ``psf`` float32 ``(band, K, K)`` flattened,
+``K = psf_size`` per row (odd, centred, unit sum per band, sampled at coadd pixel centres),
+``psf_source`` one string per band. The stamp's noise texture
+(:mod:`udfs.survey.noise_texture`): ``noise_rho`` and ``noise_kernel`` float32 ``(band, 3, 3)``
+(correlation at lags -1..1, NaN where not measured; kernel with unit squared sum, the identity
+there), ``noise_source`` per band, ``noise_corr_<b>`` the neighbour correlation.
 """
 from __future__ import annotations
 
@@ -22,13 +29,18 @@ SUMMARY_FILE = "_summary.json"
 #: what the cutout job reads from a targets dataset (plus ``psf_fwhm_<band>`` per requested band)
 TARGET_INPUT_COLUMNS = ("target_id", "ra", "dec", "brickname", "split")
 #: the columns stage 5 joins onto its tasks
-READER_COLUMNS = ["target_id", "ok", "fail_reason", "dx_pix", "dy_pix", "image", "invvar", "maskbits"]
+READER_COLUMNS = ["target_id", "ok", "fail_reason", "dx_pix", "dy_pix", "image", "invvar", "maskbits",
+                  "psf", "psf_size", "psf_source", "noise_kernel", "noise_corr_g", "noise_corr_r", "noise_corr_z"]
+#: the 3 x 3 noise-texture window per band
+TEXTURE_SIZE = 3
 #: schema metadata keys every reader of the pixels needs
 LAYOUT_KEYS = ("image_shape", "band_order")
 #: the per-row columns the job's ``_summary.json`` is computed from
-SUMMARY_COLUMNS = ["target_id", "ok", "fail_reason", "bytes_read", "file_bytes", "brickname"]
+SUMMARY_COLUMNS = ["target_id", "ok", "fail_reason", "bytes_read", "file_bytes", "brickname", "psf_source",
+                   "psf_bytes_read", "psf_files", "noise_source", "noise_corr_g", "noise_corr_r", "noise_corr_z"]
 
 _S, _D, _I, _L, _B = pa.string(), pa.float64(), pa.int32(), pa.int64(), pa.bool_()
+_F, _STRS = pa.list_(pa.float32()), pa.list_(pa.string())
 _PIX = "pixel"
 
 
@@ -57,6 +69,11 @@ def cutout_fields(n_bands: int, npix: int | None, target_id: pa.DataType = _S) -
         _field("invvar", pixels(pa.float32(), n_bands * plane), "nanomaggies^-2"),
         _field("maskbits", pixels(pa.int32(), plane), "Legacy Survey MASKBITS"),
         _field("has_maskbits", _B), _field("good_frac", _D, "1"),
+        _field("psf", _F, "1 (unit sum per band)"), _field("psf_size", _I, _PIX), _field("psf_source", _STRS),
+        _field("psf_bytes_read", _L, "bytes"), _field("psf_files", _STRS),
+        _field("noise_rho", pixels(pa.float32(), n_bands * TEXTURE_SIZE ** 2), "1"),
+        _field("noise_kernel", pixels(pa.float32(), n_bands * TEXTURE_SIZE ** 2), "1"),
+        _field("noise_source", _STRS), *[_field(f"noise_corr_{b}", _D, "1") for b in SURVEY_BANDS],
         *[_field(f"psf_fwhm_{b}", _D, "arcsec") for b in SURVEY_BANDS],
         _field("bytes_read", _L, "bytes"), _field("file_bytes", _L, "bytes"), _field("brickname", _S),
         _field("split", _S), _field("code_version", _S), _field("config_hash", _S),
@@ -74,8 +91,9 @@ def layout_metadata(bands: str, npix: int) -> dict[str, str]:
         "maskbits_shape": json.dumps([npix, npix]), "band_order": bands,
         "pixel_layout": "image/invvar: (band, y, x) row-major flattened, band order = band_order; "
                         "maskbits: (y, x) row-major, one plane for all bands",
+        "psf_shape": "(band, psf_size, psf_size) per row", "noise_texture_shape": json.dumps([nb, 3, 3]),
         "units": "image: nanomaggies; invvar: 1/nanomaggies^2; maskbits: Legacy Survey MASKBITS; "
-                 "psf_fwhm_*: arcsec; dx_pix, dy_pix, x_pix, y_pix: pixels",
+                 "psf_fwhm_*: arcsec; dx_pix, dy_pix, x_pix, y_pix: pixels; psf: unit sum per band",
         "stamp_geometry": "target at stamp pixel ((N-1)/2 + dx_pix, (N-1)/2 + dy_pix), 0-based, x = column; "
                           "stamp pixel (0, 0) = brick pixel (stamp_x0, stamp_y0)",
     }
@@ -98,7 +116,8 @@ def stamp_geometry(path: str, metadata: dict[str, str]) -> tuple[str, int]:
 
 
 _DDL = {_S: "string", _D: "double", _I: "int", _L: "bigint", _B: "boolean",
-        pa.list_(pa.float32()): "array<float>", pa.list_(pa.int32()): "array<int>"}
+        pa.list_(pa.float32()): "array<float>", pa.list_(pa.int32()): "array<int>",
+        pa.list_(pa.string()): "array<string>"}
 
 
 def spark_ddl(target_id_ddl: str = "string") -> str:

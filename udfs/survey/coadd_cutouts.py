@@ -15,6 +15,12 @@ order) and null pixel arrays. Reasons: ``bad_psf:<b>`` (psf_fwhm_<b> missing, no
 ``all_nan:<b>`` (no finite image pixel), ``low_coverage:<b>`` (fewer than ``min_good_frac`` of the
 pixels have finite image and invvar > 0). In good rows, pixels with a non-finite value are set to
 image 0, invvar 0 (the survey's "no data" convention; the invvar marks them, they never pass as good).
+
+Good rows also carry the target's PSF per band (:mod:`udfs.survey.target_psf`: ``psf``,
+``psf_size``, ``psf_source``, and the bytes and files its reads cost, ``psf_bytes_read`` /
+``psf_files``, paid by the brick's first target) and the stamp's noise texture per band
+(:func:`udfs.survey.noise_texture.cutout_texture`: ``noise_rho``, ``noise_kernel``,
+``noise_source``, ``noise_corr_<b>``).
 """
 from __future__ import annotations
 
@@ -26,8 +32,11 @@ import pandas as pd
 from astropy.wcs import WCS
 
 from udfs.config.checker import ConfigError
+from udfs.io import storage
 from udfs.survey.bands import COADD_BANDS, SURVEY_BANDS, check_bands
 from udfs.survey.coadd_files import CoaddFile, RemoteReadError, brick_file
+from udfs.survey.noise_texture import brick_median_texture, cutout_texture, neighbour_correlation
+from udfs.survey.target_psf import BrickPSF, PSFConfig
 
 WCS_KEYS = ("NAXIS1", "NAXIS2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1", "CD2_2")
 
@@ -43,6 +52,7 @@ class CutoutConfig:
     require_maskbits: bool = True  # False: rows without a maskbits file keep maskbits = null
     retries: int = 4              # extra attempts per failed remote read
     backoff_s: float = 0.25       # first wait; doubles per attempt
+    psf: PSFConfig = PSFConfig()  # how each target's PSF is made (--psf-model, --ccds, ...)
 
     def validate(self) -> "CutoutConfig":
         """Return self; raise :class:`~udfs.config.checker.ConfigError` naming the flag of a bad value."""
@@ -59,6 +69,7 @@ class CutoutConfig:
             raise ConfigError(f"--retries: {self.retries!r} must be >= 0")
         if self.backoff_s < 0:
             raise ConfigError(f"backoff_s: {self.backoff_s!r} must be >= 0")
+        self.psf.validate()
         return self
 
     def as_dict(self) -> dict:
@@ -75,11 +86,19 @@ class _Failed(Exception):
     """A stamp that cannot be cut: ``args[0]`` is the row's fail_reason."""
 
 
+def brick_psf(base: str, brick: str, cfg: CutoutConfig) -> BrickPSF:
+    """The PSF maker of one brick: ``--ccds`` or the brick's ``-ccds.fits`` beside its coadd
+    files; ``--calib-base`` or ``<base>/calib``."""
+    ccds = cfg.psf.ccds or brick_file(base, brick, "ccds", layout=cfg.layout, ext=".fits")
+    return BrickPSF(cfg.psf, ccds, cfg.psf.calib_base or storage.join(base, "calib"))
+
+
 def cut_brick(base: str, brick: str, targets: pd.DataFrame, cfg: CutoutConfig) -> pd.DataFrame:
     """Stamps for the targets of one brick (columns target_id, ra, dec, psf_fwhm_<b>, and any
     others, which are carried through). One output row per input row, same order."""
     cfg.validate()
     files: dict[str, CoaddFile] = {}
+    psfs = brick_psf(base, brick, cfg)
 
     def get(kind: str, band: str | None = None) -> CoaddFile:
         label = kind + (f"-{band}" if band else "")
@@ -94,11 +113,31 @@ def cut_brick(base: str, brick: str, targets: pd.DataFrame, cfg: CutoutConfig) -
             before = sum(f.bytes_read for f in files.values())
             row = _cut_one(rec, brick, cfg, get)
             row["bytes_read"] = int(sum(f.bytes_read for f in files.values()) - before)
+            _add_psf_and_texture(row, cfg, psfs)
             rows.append(row)
     finally:
         for f in files.values():
             f.close()
+    _lend_brick_texture(rows, cfg.bands)
     return pd.DataFrame(rows)
+
+
+def _lend_brick_texture(rows: list[dict], bands: str) -> None:
+    """Bands of stamps whose texture could not be measured take the brick's median (recorded)."""
+    ok = [r for r in rows if r["ok"]]
+    for i, b in enumerate(bands):
+        rhos = [r["noise_rho"].reshape(-1, 3, 3)[i].copy() for r in ok]
+        measured = [bool(np.isfinite(rho).all()) for rho in rhos]
+        if all(measured) or not any(measured):
+            continue
+        lent = brick_median_texture(rhos)
+        for r, was_measured in zip(ok, measured):
+            if was_measured:
+                continue
+            r["noise_rho"].reshape(-1, 3, 3)[i] = lent[0]
+            r["noise_kernel"].reshape(-1, 3, 3)[i] = lent[1]
+            r["noise_source"][i] = f"brick_median:{sum(measured)} stamps; {r['noise_source'][i]}"
+            r[f"noise_corr_{b}"] = neighbour_correlation(lent[0])
 
 
 def _cut_one(rec: dict, brick: str, cfg: CutoutConfig, get) -> dict:
@@ -125,6 +164,30 @@ def _cut_one(rec: dict, brick: str, cfg: CutoutConfig, get) -> dict:
     row.update(ok=True, image=np.stack(images).ravel(), invvar=np.stack(invvars).ravel(),
                good_frac=float(min(good)))
     return row
+
+
+def _add_psf_and_texture(row: dict, cfg: CutoutConfig, psfs: BrickPSF) -> None:
+    """The PSF and noise-texture columns of a row (null for failed rows)."""
+    row.update(psf=None, psf_size=-1, psf_source=None, psf_bytes_read=0, psf_files=[],
+               noise_rho=None, noise_kernel=None, noise_source=None,
+               **{f"noise_corr_{b}": float("nan") for b in SURVEY_BANDS})
+    if not row["ok"]:
+        return
+    first = len(psfs.cache.log)
+    kernels, sources = psfs.at(float(row["ra"]), float(row["dec"]), cfg.bands,
+                               {b: row[f"psf_fwhm_{b}"] for b in cfg.bands})
+    read = psfs.cache.log[first:]
+    row.update(psf=kernels.ravel(), psf_size=int(kernels.shape[-1]), psf_source=sources,
+               psf_bytes_read=int(sum(e["bytes"] for e in read)), psf_files=[e["uri"] for e in read])
+    n = cfg.stamp_size
+    image = row["image"].reshape(len(cfg.bands), n, n)
+    invvar = row["invvar"].reshape(len(cfg.bands), n, n)
+    mask = None if row["maskbits"] is None else row["maskbits"].reshape(n, n)
+    rhos, kerns, srcs = zip(*(cutout_texture(image[i], invvar[i], mask) for i in range(len(cfg.bands))))
+    row.update(noise_rho=np.stack(rhos).astype(np.float32).ravel(),
+               noise_kernel=np.stack(kerns).astype(np.float32).ravel(), noise_source=list(srcs))
+    for b, rho in zip(cfg.bands, rhos):
+        row[f"noise_corr_{b}"] = neighbour_correlation(rho) if np.isfinite(rho).all() else float("nan")
 
 
 def _open_files(row: dict, cfg: CutoutConfig, get) -> tuple[list, CoaddFile | None]:
@@ -238,4 +301,39 @@ def summarise(df: pd.DataFrame, cfg: CutoutConfig) -> dict:
         "read_fraction_of_whole_files": (float(total_read / df["file_bytes"].sum())
                                          if df["file_bytes"].sum() else None),
         "stamp_size": cfg.stamp_size, "bands": cfg.bands,
+        **psf_and_texture_summary(ok, cfg.bands),
     }
+
+
+def _method(source: str) -> str:
+    """``psfex_stack``, ``moffat (fallback)``, ``moffat (configured)``, ``gaussian``; ``measured``,
+    ``brick_median``, ``white``."""
+    head = str(source).split(":", 1)[0]
+    if head == "moffat":
+        return "moffat (configured)" if str(source).endswith("; configured") else "moffat (fallback)"
+    return head
+
+
+def psf_and_texture_summary(ok: pd.DataFrame, bands: str) -> dict:
+    """PSF sources and noise-texture sources counted per band, fallback reasons, the median
+    neighbour correlation per band, and per brick the PSF files read and their bytes."""
+    psf_counts, noise_counts, reasons = {}, {}, {}
+    for i, b in enumerate(bands):
+        methods = pd.Series([_method(v[i]) for v in ok["psf_source"]], dtype=object)
+        psf_counts[b] = {str(k): int(v) for k, v in methods.value_counts().sort_index().items()}
+        noise = pd.Series([_method(v[i]) for v in ok["noise_source"]], dtype=object)
+        noise_counts[b] = {str(k): int(v) for k, v in noise.value_counts().sort_index().items()}
+        for v in ok["psf_source"]:
+            if "; no stack: " in v[i]:
+                why = v[i].split("; no stack: ", 1)[1]
+                reasons[why] = reasons.get(why, 0) + 1
+    per_brick = {}
+    for brick, grp in ok.groupby("brickname", sort=True):
+        files = sorted({f for fs in grp["psf_files"] for f in fs})
+        per_brick[str(brick)] = {"psf_bytes_read": int(grp["psf_bytes_read"].sum()), "psf_files": files}
+    corr = {b: (float(np.nanmedian(ok[f"noise_corr_{b}"])) if ok[f"noise_corr_{b}"].notna().any() else None)
+            for b in bands}
+    return {"psf_source_counts": psf_counts, "psf_fallback_reasons": dict(sorted(reasons.items())),
+            "noise_source_counts": noise_counts, "noise_corr_median": corr, "psf_by_brick": per_brick,
+            "psf_bytes_read_per_brick_mean": (float(np.mean([v["psf_bytes_read"] for v in per_brick.values()]))
+                                              if per_brick else None)}

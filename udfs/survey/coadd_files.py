@@ -24,9 +24,10 @@ from udfs.io.http_range import HTTPRangeFile, http_size, is_http
 from udfs.io.storage import RangeReader
 
 
-def brick_file(base: str, brick: str, kind: str, band: str | None = None, layout: str = "nested") -> str:
-    """URI of a coadd file; ``kind`` is image, invvar or maskbits (no band)."""
-    name = f"legacysurvey-{brick}-{kind}" + (f"-{band}" if band else "") + ".fits.fz"
+def brick_file(base: str, brick: str, kind: str, band: str | None = None, layout: str = "nested",
+               ext: str = ".fits.fz") -> str:
+    """URI of a coadd file; ``kind`` is image, invvar or maskbits (no band), or ccds (ext .fits)."""
+    name = f"legacysurvey-{brick}-{kind}" + (f"-{band}" if band else "") + ext
     if layout == "flat":
         parts = [name]
     else:

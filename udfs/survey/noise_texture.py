@@ -278,3 +278,37 @@ def texture_of_coadd(image_uri_or_array, invvar, maskbits=None, radius: int = 1)
     rho = measure_correlation(image, ivar, mask, radius=radius)
     return NoiseTexture(rho=rho, neighbour=neighbour_correlation(rho), n_pixels=int(mask.sum()),
                         kernel=correlation_kernel(rho))
+
+
+MIN_STAMP_PIXELS = 500  # fewer source-free pixels in a stamp: its rho error exceeds ~0.05
+
+
+def cutout_texture(image, invvar, maskbits=None,
+                   min_pixels: int = MIN_STAMP_PIXELS) -> tuple[np.ndarray, np.ndarray, str]:
+    """One band of a cutout: ``(rho 3x3, kernel 3x3, noise_source)`` with ``noise_source``
+    ``measured:<n> px``. Where no texture can be measured (fewer than ``min_pixels``
+    source-free pixels, e.g. a stamp filled by its galaxy) rho is NaN, the kernel the identity
+    (white) and ``noise_source`` says why: ``white:<reason>`` (stage 4 then lends such stamps
+    the median texture of their brick's measured stamps, :func:`brick_median_texture`)."""
+    white = np.zeros((3, 3))
+    white[1, 1] = 1.0
+    try:
+        image, invvar = np.asarray(image, float), np.asarray(invvar, float)
+        mask = source_free_mask(image, invvar, maskbits)
+        if mask.sum() < min_pixels:
+            raise NoiseTextureError(f"only {int(mask.sum())} source-free pixels (need {min_pixels})")
+        rho = measure_correlation(image, invvar, mask)
+    except NoiseTextureError as exc:
+        return np.full((3, 3), np.nan), white, f"white:{str(exc).removeprefix('noise texture: ')}"
+    return rho, correlation_kernel(rho), f"measured:{int(mask.sum())} px"
+
+
+def brick_median_texture(rhos: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Median rho of a brick's measured stamps (NaN-free ones) and its kernel; None if there are none."""
+    good = [r for r in rhos if np.isfinite(r).all()]
+    if not good:
+        return None
+    rho = np.median(np.stack(good), axis=0)
+    rho = 0.5 * (rho + rho[::-1, ::-1])
+    rho[rho.shape[0] // 2, rho.shape[1] // 2] = 1.0
+    return rho, correlation_kernel(rho)

@@ -11,7 +11,8 @@ Math and conventions, once:
   the distortion is not negligible (measured on ``dr9_ccds_testcase6``: TAN puts the DEV galaxy
   at y = -10 on S9, TPV at y = 8.3, in agreement with the S4 CCDs).
 - **Which model.** ``<calib>/psfex/<image dir>/<image base>-psfex.fits`` (the base is the image
-  file name up to its first dot), the row whose ``ccdname`` matches (merged per-exposure files
+  file name up to its first dot), or the row's own ``psfex_file`` where the table has that column
+  (a URI, or a path relative to ``<calib>``; the demo's stand-in sky writes such tables), the row whose ``ccdname`` matches (merged per-exposure files
   have one row per CCD; a one-row file without ``ccdname`` is taken as is). The table's
   PSFEx keywords go into a header so that GalSim's ``DES_PSFEx`` evaluates the polynomial at
   ``(x, y)``, as :func:`udfs.survey.psf.psfex_kernel` does for single-CCD files.
@@ -33,7 +34,6 @@ from __future__ import annotations
 import gzip
 import io
 import math
-import os
 import posixpath
 import warnings
 
@@ -95,18 +95,18 @@ def _jacobian(wcs: WCS, x: float, y: float, pixel_scale: float) -> np.ndarray:
 
 
 def covering_ccds(ccds_table, ra: float, dec: float, band: str, image_root: str | None = None,
-                  pixel_scale: float = PIXSCALE_ARCSEC, log: list | None = None) -> Table:
+                  pixel_scale: float = PIXSCALE_ARCSEC, cache: "FileCache | None" = None) -> Table:
     """Rows of ``ccds_table`` (a Table or a file) covering ``(ra, dec)`` in ``band``, with
     columns ``x, y`` (1-based CCD pixel of the target), ``jac`` (coadd px per CCD px) and
     ``wcs_source`` ('header TPV' with ``image_root``, else 'table TAN')."""
-    log = [] if log is None else log
-    table = ccds_table if isinstance(ccds_table, Table) else _read_table(str(ccds_table), log)
+    cache = FileCache() if cache is None else cache
+    table = ccds_table if isinstance(ccds_table, Table) else cache.table(str(ccds_table))
     table = table[[_strip(f) == band for f in table["filter"]]]
     keep, xs, ys, jacs, srcs = [], [], [], [], []
     for i, row in enumerate(table):
         if image_root is not None:
             uri = storage.join(image_root, _strip(row["image_filename"]))
-            wcs, src = _header_wcs(uri, int(row["image_hdu"]), log), "header TPV"
+            wcs, src = cache.header_wcs(uri, int(row["image_hdu"])), "header TPV"
         else:
             wcs, src = _table_wcs(row), "table TAN"
         x, y = (float(v) for v in wcs.all_world2pix(ra, dec, 1))
@@ -153,6 +153,9 @@ def read_psfex_model(uri: str, ccdname: str, log: list | None = None) -> galsim.
     """GalSim ``DES_PSFEx`` of the row of a Legacy Survey PSFEx file whose ccdname matches."""
     try:
         data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise PSFStackError(f"{uri}: PSFEx file not found") from None
+    try:
         with fits.open(io.BytesIO(data)) as hdul:
             table = hdul[1]
             names = [n.lower() for n in table.columns.names]
@@ -214,26 +217,76 @@ def flux_beyond(kernel: np.ndarray, radius_px: float) -> float:
     return float(kernel[r > radius_px].sum() / kernel.sum())
 
 
+class FileCache:
+    """Files a stack reads, each read once (per brick in stage 4): CCD tables, image-header WCSs,
+    PSFEx models; ``log`` lists every file read with its bytes."""
+
+    def __init__(self):
+        self.log: list = []
+        self._tables: dict = {}
+        self._wcs: dict = {}
+        self._models: dict = {}
+
+    def table(self, uri: str) -> Table:
+        if uri not in self._tables:
+            self._tables[uri] = _read_table(uri, self.log)
+        return self._tables[uri]
+
+    def header_wcs(self, uri: str, hdu: int) -> WCS:
+        if (uri, hdu) not in self._wcs:
+            self._wcs[(uri, hdu)] = _header_wcs(uri, hdu, self.log)
+        return self._wcs[(uri, hdu)]
+
+    def model(self, uri: str, ccdname: str):
+        """The model, or the same PSFStackError again for a file that failed (read once)."""
+        if (uri, ccdname) not in self._models:
+            try:
+                self._models[(uri, ccdname)] = read_psfex_model(uri, ccdname, self.log)
+            except PSFStackError as exc:
+                self._models[(uri, ccdname)] = exc
+        found = self._models[(uri, ccdname)]
+        if isinstance(found, PSFStackError):
+            raise found
+        return found
+
+    @property
+    def bytes_read(self) -> int:
+        return int(sum(e["bytes"] for e in self.log))
+
+
+def model_uri(row, calib_root: str) -> str:
+    """The PSFEx file of a CCD row: its ``psfex_file`` column where present (a URI, or a path
+    relative to ``calib_root``), else :func:`psfex_uri`."""
+    if "psfex_file" in row.colnames:
+        name = _strip(row["psfex_file"])
+        return name if "://" in name or name.startswith("/") else storage.join(calib_root, name)
+    return psfex_uri(calib_root, row["image_filename"])
+
+
 def psf_at_target(ccds_table, calib_root: str, ra: float, dec: float, band: str,
                   pixel_scale: float = PIXSCALE_ARCSEC, flux_fraction: float = 0.995,
-                  image_root: str | None = "auto"):
+                  image_root: str | None = "auto", cache: FileCache | None = None):
     """Inverse-variance stack of the covering CCDs' PSFEx models at ``(ra, dec)`` in ``band``.
 
-    ``image_root='auto'``: ``<calib_root>/../images`` when it exists (header TPV WCS), else the
-    table's TAN; ``None`` forces the TAN. Returns ``(kernel, psf_source, record)``: kernel
-    float32 ``(K, K)`` odd, centred, unit sum; ``psf_source`` ``'psfex_stack:<n> ccds'``;
-    record: the files read with their bytes, their total and one entry per CCD used.
+    ``ccds_table``: a Table or a file URI. ``image_root='auto'``: ``<calib_root>/../images`` when it
+    exists (header TPV WCS), else the table's TAN; ``None`` forces the TAN. ``cache``: share file
+    reads between calls (one per brick). Returns ``(kernel, psf_source, record)``: kernel float32
+    ``(K, K)`` odd, centred, unit sum; ``psf_source`` ``'psfex_stack:<n> ccds'``; record: the files
+    this call read with their bytes (files already in ``cache`` are not listed again), their total
+    and one entry per CCD used.
     """
-    log: list = []
+    cache = FileCache() if cache is None else cache
+    first = len(cache.log)
     if image_root == "auto":
-        guess = storage.join(os.path.dirname(str(calib_root).rstrip("/")), "images")
+        guess = storage.join(storage.parent(calib_root), "images")
         image_root = guess if storage.exists(guess) else None
-    ccds = covering_ccds(ccds_table, ra, dec, band, image_root, pixel_scale, log)
+    table = ccds_table if isinstance(ccds_table, Table) else cache.table(str(ccds_table))
+    ccds = covering_ccds(table, ra, dec, band, image_root, pixel_scale, cache)
     if len(ccds) == 0:
         raise PSFStackError(f"no CCD in band {band} covers (ra, dec) = ({ra}, {dec})")
     stamps, weights, used = [], [], []
     for row in ccds:
-        model = read_psfex_model(psfex_uri(calib_root, row["image_filename"]), _strip(row["ccdname"]), log)
+        model = cache.model(model_uri(row, calib_root), _strip(row["ccdname"]))
         jac = np.asarray(row["jac"], float)
         span = 63 * float(model.sample_scale) * float(np.abs(jac).sum(axis=0).max())
         size = 2 * int(math.ceil(span / 2.0)) + 1
@@ -249,6 +302,7 @@ def psf_at_target(ccds_table, calib_root: str, ra: float, dec: float, band: str,
         stack[p: p + s.shape[0], p: p + s.shape[0]] += w * s
     kernel = crop_to_fraction(stack / sum(weights), flux_fraction).astype(np.float32)
     kernel /= kernel.sum(dtype=np.float64)
+    log = cache.log[first:]
     record = {"files": log, "bytes_read": int(sum(e["bytes"] for e in log)), "ccds": used,
               "band": band, "K": int(kernel.shape[0]), "fwhm_arcsec": fwhm_pixels(kernel) * pixel_scale}
     return kernel, f"psfex_stack:{len(used)} ccds", record
