@@ -9,7 +9,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
-from udfs.io.storage import RangeReader, is_http  # noqa: F401 - is_http re-exported for callers
+from udfs.io.range_reader import RangeReader
 
 TIMEOUT_S = 60
 

@@ -8,7 +8,6 @@ One code path for laptops and EMR executors. S3 settings come from the standard 
 from __future__ import annotations
 
 import fnmatch
-import io
 import os
 import posixpath
 import uuid
@@ -122,38 +121,3 @@ def glob(pattern: str) -> list[str]:
     info = fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
     hits = sorted(i.path for i in info if i.type == pafs.FileType.File and fnmatch.fnmatch(i.base_name, name))
     return ["s3://" + h for h in hits] if is_s3(pattern) else hits
-
-
-class RangeReader(io.RawIOBase):
-    """Seekable read-only file of known ``size`` whose subclasses fetch byte ranges
-    (``_read_at(pos, n) -> bytes``, exactly ``n`` bytes): what astropy needs to read FITS tiles."""
-
-    def __init__(self, size: int):
-        super().__init__()
-        self.size = int(size)
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(base + int(offset), 0)
-        return self._pos
-
-    def readinto(self, buf) -> int:
-        n = min(len(buf), self.size - self._pos)
-        if n <= 0:
-            return 0
-        buf[:n] = self._read_at(self._pos, n)
-        self._pos += n
-        return n
-
-    def _read_at(self, pos: int, n: int) -> bytes:
-        raise NotImplementedError

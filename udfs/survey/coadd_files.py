@@ -20,8 +20,9 @@ import numpy as np
 from astropy.io import fits
 
 from udfs.io import storage
-from udfs.io.http_range import HTTPRangeFile, http_size, is_http
-from udfs.io.storage import RangeReader
+from udfs.io.http_range import HTTPRangeFile, http_size
+from udfs.io.range_reader import RangeReader
+from udfs.io.storage import is_http
 
 
 def brick_file(base: str, brick: str, kind: str, band: str | None = None, layout: str = "nested",
