@@ -9,13 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 from astropy.io import fits
+from astropy.wcs import WCS
 
-from udfs.survey.bricks import PIXSCALE_ARCSEC, brick_from_name
+from udfs.survey.bricks import PIXSCALE_ARCSEC, brick_from_name, coadd_wcs_header
+from udfs.survey.coadd_cutouts import CutoutConfig, cut_brick
 from udfs.survey.coadd_files import brick_file
 from udfs.survey.noise_texture import texture_of_coadd
 from udfs.survey.psf import psfex_kernel
+from udfs.survey.psf_stack import crop_to_fraction, psf_at_target
 from udfs.survey.sample_sky import read_catalogs, render_brick, write_sky_for_brick
 from udfs.survey.shot_noise import gain_estimate
+from udfs.survey.sky_ccds import PseudoCCD
 
 BRICK = "3301m002"
 SECTION = (1700, 1700, 300, 300)
@@ -113,3 +117,36 @@ def test_sky_files_record_psf_and_noise_and_rerun_byte_identical(data_root, dept
         assert h["NOISECOR"] == pytest.approx(texture["neighbour"]) and h["GAIN"] > 0
     for a_file, b_file in zip(runs[0]["files"], runs[1]["files"]):
         assert open(a_file, "rb").read() == open(b_file, "rb").read(), a_file  # invvar and maskbits too
+
+
+def test_stage4_psf_at_a_sky_target_is_the_psf_the_sky_was_drawn_with(data_root, depth_row, tmp_path):
+    """Stage 4 reads the sky's pseudo-CCD table and moved PSFEx model like the survey's own: its stack
+    at a target equals the model the sky drew that position with (cropped to the flux fraction), and
+    it differs from the model at another position of the brick (the PSF varies)."""
+    psfex = str(data_root / "legacysurvey" / "psfex" / PSFEX_Z)
+    b = brick_from_name(BRICK)
+    base = str(tmp_path / "sky")
+    cat = _with_source(depth_row, "PSF", 50.0)
+    summary = write_sky_for_brick(base, BRICK, [b.ra], [b.dec], cat, bands="z", psfex={"z": psfex})
+    assert summary["psfex_files"]["z"].endswith(f"calib/psfex/sample-sky/{BRICK}-z-psfex.fits")
+    ccd = PseudoCCD(b, "z", psfex)
+    # a target 600 px east and 400 px north of the brick centre (x runs west in the coadd)
+    x, y = 1800.5 - 600, 1800.5 + 400
+    ra, dec = (float(v) for v in WCS(coadd_wcs_header(b)).all_pix2world(x, y, 1))
+    kernel, source, record = psf_at_target(summary["ccds_file"], summary["calib_root"], ra, dec, "z")
+    assert source == "psfex_stack:1 ccds" and record["ccds"][0]["x"] == pytest.approx(x, abs=1e-6)
+    expected = crop_to_fraction(ccd.kernel_at(x, y), 0.995)
+    np.testing.assert_allclose(kernel, expected, atol=1e-5 * expected.max())  # float32 storage
+    centre = crop_to_fraction(ccd.kernel_at(1800.5, 1800.5), 0.995)
+    k = min(centre.shape[0], kernel.shape[0])
+    crop = lambda a: a[(a.shape[0] - k) // 2: (a.shape[0] + k) // 2, (a.shape[0] - k) // 2: (a.shape[0] + k) // 2]
+    assert np.abs(crop(centre) - crop(kernel)).max() > 1e-3 * kernel.max()  # the model varies over the brick
+    # stage 4 with its defaults (CCD table beside the coadds, calib under the sky base) uses the stack
+    target = pd.DataFrame({"target_id": ["t"], "ra": [b.ra], "dec": [b.dec], "brickname": [BRICK],
+                           "psf_fwhm_z": [1.0], "split": ["train"]})
+    row = cut_brick(base, BRICK, target, CutoutConfig(stamp_size=64, bands="z")).iloc[0]
+    assert row.ok and list(row.psf_source) == ["psfex_stack:1 ccds"]
+    stored = np.asarray(row.psf, np.float32).reshape(int(row.psf_size), int(row.psf_size))
+    at_centre, _, _ = psf_at_target(summary["ccds_file"], summary["calib_root"], b.ra, b.dec, "z")
+    np.testing.assert_allclose(stored, at_centre, atol=1e-5 * at_centre.max())
+

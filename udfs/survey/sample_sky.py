@@ -12,14 +12,17 @@ exponential), EXP, DEV (de Vaucouleurs truncated at 8 r_e), COMP (DR8: FRACDEV D
 with their own shapes), SER (DR9 Sersic). Shapes: r_e (arcsec) and Tractor ellipticities e1, e2
 (|e| = (1-b/a)/(1+b/a), position angle east of north = atan2(e2, e1)/2); in GalSim's celestial
 frame (+u west, +v north) that is the reduced shear (g1, g2) = (-e1, -e2). Fluxes FLUX_<b> as
-catalogued (observed nanomaggies). PSF per band: a survey PSFEx model (``psfex``: the same file
-the demo's injection convolves arcs with, at its fit centre), else a Gaussian of the brick's median
-PSFSIZE_<b> (or the FWHM inferred from PSFDEPTH/GALDEPTH, :mod:`udfs.survey.psf_size`). Noise:
+catalogued (observed nanomaggies). PSF per band: a survey PSFEx model (``psfex``), evaluated at
+each source's own position on the band's pseudo-CCD (:mod:`udfs.survey.sky_ccds`: the brick's grid,
+the model's fit centre at the brick centre; written beside the coadds as ``-ccds.fits`` with the
+moved model under ``calib/``, so that stage 4's :func:`udfs.survey.psf_stack.psf_at_target` gives
+the PSF the sky was drawn with), else a Gaussian of the brick's median PSFSIZE_<b> (or the FWHM
+inferred from PSFDEPTH/GALDEPTH, :mod:`udfs.survey.psf_size`). Noise:
 ``sigma = 1/sqrt(PSFDEPTH * NEA_psf)`` from the brick's median PSFDEPTH_<b> (invvar = 1/sigma^2,
 sky only, as in the survey's files) plus the sources' own shot noise (variance model/gain, the gain
 model of :mod:`udfs.survey.shot_noise`), drawn with the real coadd's noise texture (``texture``,
-:mod:`udfs.survey.noise_texture`) or white. Headers record PSFSRC, PSFFWHM, SKYSIG, GAIN, NOISECOR
-and NOISESRC. Seeds are derived from (seed, brick, band): the same inputs give the same pixels.
+:mod:`udfs.survey.noise_texture`) or white. Headers record PSFSRC, PSFFWHM, SKYSIG, GAIN, NOISECOR,
+NOISESRC and PSFVARY. Seeds are derived from (seed, brick, band): the same inputs give the same pixels.
 MASKBITS: only bit 0 (NPRIMARY, pixel outside the brick's unique area) is set; nothing else is
 simulated. Size: by default a tile-aligned section of the 3600x3600 brick covering the targets'
 stamps plus a margin, with the full brick's pixel grid and sky mapping (keywords SECX0, SECY0 give
@@ -45,9 +48,9 @@ from udfs.survey.bricks import BRICK_NPIX, PIXSCALE_ARCSEC, Brick, BrickError, b
 from udfs.survey.sky_files import TILE, seed_for, write_brick
 from udfs.survey.depth import pixel_sigma
 from udfs.survey.noise_texture import correlated_noise
-from udfs.survey.psf import psfex_kernel
 from udfs.survey.psf_size import fwhm_from_depth_ratio
 from udfs.survey.shot_noise import gain_estimate
+from udfs.survey.sky_ccds import PseudoCCD, calib_root, write_ccds
 from udfs.survey.tractor_catalog import CatalogError
 
 MAX_STAMP = 512  # largest GalSim drawing box per source (pixels)
@@ -178,26 +181,28 @@ def section_for(brick: Brick, ra, dec, stamp_size: int, margin: int) -> tuple[in
     return lo_x, lo_y, hi_x - lo_x, hi_y - lo_y
 
 
-def _psf(band: str, fwhm: float, psfex: dict | None):
-    """(GalSim PSF, drawing method, FWHM arcsec, source) of one band: the band's PSFEx model at its
-    fit centre (an effective PSF: drawn without a further pixel) or a Gaussian of the catalogue FWHM."""
+def _psf(band: str, fwhm: float, ccd: PseudoCCD | None, x0: int, y0: int):
+    """(PSF at section pixel (px, py) -> (GalSim PSF, drawing method), FWHM arcsec, source) of one
+    band: its PSFEx model at the source's own pseudo-CCD pixel (an effective PSF: drawn without a
+    further pixel; FWHM at the brick centre) or a Gaussian of the catalogue FWHM."""
     import galsim
 
-    if psfex and band in psfex:
-        kernel = psfex_kernel(psfex[band], None, None, PIXSCALE_ARCSEC)
-        image = galsim.ImageD(kernel, scale=PIXSCALE_ARCSEC)
-        return (galsim.InterpolatedImage(image, normalization="sb"), "no_pixel",
-                float(image.calculateFWHM()), posixpath.basename(psfex[band]))
-    return galsim.Gaussian(fwhm=fwhm), "auto", fwhm, "gaussian"
+    if ccd is not None:
+        def psf_at(px, py):  # section pixel (0-based) -> 1-based CCD (= brick) pixel
+            return ccd.psf_at(px + x0 + 1.0, py + y0 + 1.0), "no_pixel"
+        return psf_at, ccd.fwhm_arcsec, posixpath.basename(ccd.origin)
+    gaussian = galsim.Gaussian(fwhm=fwhm)
+    return (lambda px, py: (gaussian, "auto")), fwhm, "gaussian"
 
 
-def _draw_sources(img, rows: pd.DataFrame, profiles: list, band: str, psf, method: str) -> None:
+def _draw_sources(img, rows: pd.DataFrame, profiles: list, band: str, psf_at) -> None:
     import galsim
 
     for prof, r in zip(profiles, rows.to_dict("records")):
         flux = float(r[f"flux_{band}"])
         if prof is None or not np.isfinite(flux) or flux == 0:
             continue
+        psf, method = psf_at(r["px"], r["py"])
         obj = galsim.Convolve(prof.withFlux(flux), psf)
         size = min(obj.getGoodImageSize(PIXSCALE_ARCSEC), MAX_STAMP)
         pos = galsim.PositionD(r["px"] + 1.0, r["py"] + 1.0)
@@ -227,6 +232,7 @@ def render_brick(brick: Brick, catalog: pd.DataFrame, section: tuple[int, int, i
 
     ``psfex``: band -> PSFEx model file (bands without one get the Gaussian); ``texture``: the
     coadd noise texture (``NoiseTexture.as_dict()`` plus its ``source``), or ``None`` for white noise.
+    ``ccds`` in the result: band -> :class:`udfs.survey.sky_ccds.PseudoCCD` of the PSFEx bands.
     """
     import galsim
 
@@ -242,15 +248,17 @@ def render_brick(brick: Brick, catalog: pd.DataFrame, section: tuple[int, int, i
     if not len(depth_rows):
         raise CatalogError(f"brick {brick.name}: no catalogue rows in or on this brick to set its depth")
 
+    ccds = {b: PseudoCCD(brick, b, psfex[b]) for b in bands if psfex and b in psfex}
     out = {"bands": bands, "section": section, "images": {}, "invvars": {}, "psf_fwhm": {}, "sigma": {},
-           "psf_source": {}, "gain": {}, "texture": texture, "n_sources": len(rows), "wcs_header": wcs_hdr}
+           "psf_source": {}, "gain": {}, "texture": texture, "n_sources": len(rows), "wcs_header": wcs_hdr,
+           "ccds": ccds}
     profiles = [galsim_profile(r) for r in rows.to_dict("records")]
     for band in bands:
         catalog_fwhm, _, psfdepth = brick_psf_and_sigma(depth_rows, band, brick.name)
-        psf, method, fwhm, source = _psf(band, catalog_fwhm, psfex)
+        psf_at, fwhm, source = _psf(band, catalog_fwhm, ccds.get(band), x0, y0)
         sigma = pixel_sigma(psfdepth, fwhm)
         img = galsim.ImageF(nx, ny, wcs=galsim.GSFitsWCS(header=wcs_hdr))  # GalSim (1, 1) = 0-based (0, 0)
-        _draw_sources(img, rows, profiles, band, psf, method)
+        _draw_sources(img, rows, profiles, band, psf_at)
         noise, gain = sky_noise(img.array.astype(np.float64), sigma, band, texture,
                                 np.random.default_rng(seed_for(seed, brick.name, band)))
         out["images"][band] = (img.array + noise).astype(np.float32)
@@ -268,16 +276,18 @@ def render_brick(brick: Brick, catalog: pd.DataFrame, section: tuple[int, int, i
 def write_sky_for_brick(base: str, brickname: str, target_ra, target_dec, catalog: pd.DataFrame, *,
                         bands: str = SURVEY_BANDS, stamp_size: int = 64, margin: int = 64, seed: int = 0,
                         full_brick: bool = False, psfex: dict | None = None, texture: dict | None = None) -> dict:
-    """Render and write one brick covering the given targets; return a summary dict."""
+    """Render and write one brick covering the given targets; return a summary dict (``files``: the
+    coadd files; ``ccds_file``, ``psfex_files``, ``calib_root``: :mod:`udfs.survey.sky_ccds`)."""
     brick = brick_from_name(brickname)
     section = ((0, 0, BRICK_NPIX, BRICK_NPIX) if full_brick
                else section_for(brick, target_ra, target_dec, stamp_size, margin))
     rendered = render_brick(brick, catalog, section, bands, seed, psfex, texture)
     files = write_brick(base, brick, rendered)
+    table, models = write_ccds(base, brick, rendered["ccds"], rendered["sigma"])
     return {"brickname": brickname, "section": list(section), "n_sources": rendered["n_sources"],
             "psf_fwhm": rendered["psf_fwhm"], "psf_source": rendered["psf_source"], "sigma": rendered["sigma"],
             "gain": rendered["gain"], "noise_neighbour_correlation": texture["neighbour"] if texture else 0.0,
-            "files": files}
+            "files": files, "ccds_file": table, "psfex_files": models, "calib_root": calib_root(base)}
 
 
 def write_sky_for_targets(targets: pd.DataFrame, catalog: pd.DataFrame, base: str, **kw) -> list[dict]:

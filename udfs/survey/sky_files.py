@@ -3,8 +3,10 @@
 Per brick ``coadd/<bri>/<brick>/legacysurvey-<brick>-{image,invvar}-<band>.fits.fz`` and
 ``-maskbits.fits.fz``: an empty primary HDU and a RICE_1 tile-compressed image HDU (100x100 tiles,
 SUBTRACTIVE_DITHER_2 with a fixed dither seed) carrying the brick's TAN WCS, MAGZERO = 22.5, BUNIT,
-FILTER and BRICKBND as the survey's coadds, plus what was rendered (PSFSRC, PSFFWHM, SKYSIG, GAIN,
-NOISECOR, NOISESRC; SAMPSKY = T marks the file as a stand-in).
+FILTER and BRICKBND as the survey's coadds, plus what was rendered (PSFSRC, PSFFWHM, PSFVARY, SKYSIG,
+GAIN, NOISECOR, NOISESRC; SAMPSKY = T marks the file as a stand-in). PSFVARY = T: the band's PSFEx
+model was evaluated at each source's position on its pseudo-CCD, described by the brick's
+``legacysurvey-<brick>-ccds.fits`` (:mod:`udfs.survey.sky_ccds`); PSFFWHM is then the brick centre's.
 """
 from __future__ import annotations
 
@@ -52,8 +54,11 @@ def _header(brick: Brick, rendered: dict, kind: str, band: str | None) -> fits.H
     h["SAMPSKY"] = (True, "rendered stand-in, NOT real survey data")
     h["SECX0"], h["SECY0"] = (x0, "section origin x in the brick pixel grid"), (y0, "section origin y")
     if band:
-        h["PSFFWHM"] = (rendered["psf_fwhm"][band], "[arcsec] FWHM of the sources PSF")
+        varies = band in rendered.get("ccds", {})  # PSFEx: evaluated at each source's position
+        where = " at brick centre" if varies else ""
+        h["PSFFWHM"] = (rendered["psf_fwhm"][band], f"[arcsec] sources PSF FWHM{where}")
         h["PSFSRC"] = rendered["psf_source"][band]  # PSFEx model file or "gaussian" (too long for a comment)
+        h["PSFVARY"] = (varies, "PSF varies with position: see -ccds.fits" if varies else "one PSF for all sources")
         h["SKYSIG"] = (rendered["sigma"][band], "[nanomaggy] per-pixel sky noise sigma")
         h["GAIN"] = (rendered["gain"][band], "[e-/nmgy] gain of source shot noise")
         texture = rendered["texture"]
