@@ -8,6 +8,12 @@ is the stamp's geometric centre ((N-1)/2, 0-based) unless --ra/--dec place it vi
 output has the input's layout with the injected image, ``ARC_<BAND>`` HDUs (noiseless arc), and
 every parameter, metric, the seed and code version in the header. Bad input (parameters, files,
 bank rows) exits with status 2 and one line naming it.
+
+PSF per band: ``--psfex-<b>`` (a PSFEx model file, at ``--psfex-pos`` or its fit centre), else a
+Moffat (default; ``--moffat-beta`` 3.1, the median of fits to real DECam PSFEx models) or, only when
+asked, a Gaussian of the band's FWHM. The arc's shot noise gets the cutout's own noise texture per
+band, measured from its source-free pixels (``--noise-texture measured``, default; header
+``NOISECR<B>`` and ``NOISESR<B>``), or is white (``--noise-texture white``).
 """
 from __future__ import annotations
 
@@ -25,7 +31,9 @@ from udfs.lensing.lens_model import Lens
 from udfs.sources.bank import read_bank
 from udfs.stamps.fits_io import lens_centre_offset, read_cutout, write_injected
 from udfs.survey.bands import SURVEY_BANDS
+from udfs.survey.noise_texture import cutout_texture, neighbour_correlation
 from udfs.survey.psf import psf_kernel, psfex_kernel
+from udfs.survey.target_psf import DEFAULT_MOFFAT_BETA
 
 BANDS = SURVEY_BANDS
 DEFAULT_MAG_R = 23.0       # unlensed source r magnitude when not given
@@ -58,8 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--src-mag-{b}", type=float,
                        help=f"unlensed AB magnitude in {b}" + (f" (default {DEFAULT_MAG_R})" if b == "r"
                                                               else " (default: r + the bank's colour)"))
-    p.add_argument("--psf-model", choices=("gaussian", "moffat"), default="gaussian")
-    p.add_argument("--moffat-beta", type=float, default=3.5)
+    p.add_argument("--psf-model", choices=("moffat", "gaussian"), default="moffat",
+                   help="PSF of bands without --psfex-<b> (default moffat)")
+    p.add_argument("--moffat-beta", type=float, default=DEFAULT_MOFFAT_BETA,
+                   help=f"Moffat beta (default {DEFAULT_MOFFAT_BETA})")
+    p.add_argument("--noise-texture", choices=("measured", "white"), default="measured",
+                   help="arc shot noise with the cutout's measured noise texture (default) or white")
     p.add_argument("--psf-fwhm", type=float, help=f"all bands, arcsec (default {DEFAULT_PSF_FWHM})")
     for b in BANDS:
         p.add_argument(f"--psf-fwhm-{b}", type=float, help=f"{b}-band FWHM, arcsec")
@@ -130,6 +142,20 @@ def _kernels(args, pixel_scale: float) -> tuple[list[np.ndarray], dict]:
     return kernels, cards
 
 
+def _texture(args, cutout) -> tuple[np.ndarray | None, dict]:
+    """Noise kernels ``(1, band, 3, 3)`` measured on the cutout (or None: white) and header cards."""
+    if args.noise_texture == "white":
+        return None, {"NOISETEX": ("white", "arc shot-noise texture")}
+    kernels, cards = [], {"NOISETEX": ("measured", "arc shot noise: cutout's texture")}
+    for k, b in enumerate(BANDS):
+        rho, kernel, source = cutout_texture(cutout.image[k], cutout.invvar[k])
+        kernels.append(kernel)
+        corr = neighbour_correlation(rho) if np.isfinite(rho).all() else float("nan")
+        cards[f"NOISECR{b.upper()}"] = (_finite(corr), f"{b} neighbour noise correlation")
+        cards[f"NOISESR{b.upper()}"] = (source[:60], f"{b} noise texture source")
+    return np.stack(kernels)[None], cards
+
+
 def _finite(value: float):
     """FITS headers hold no NaN: unknown values are written as the string 'NaN'."""
     return float(value) if math.isfinite(value) else "NaN"
@@ -167,12 +193,14 @@ def run(args) -> dict:
         raise UsageError(f"{args.cutout}: no invvar, so the arc's noise cannot be estimated: "
                          "give a cutout with invvar or --no-noise")
     invvar = cutout.invvar if cutout.invvar is not None else np.full_like(cutout.image, np.nan)
+    texture, noise_cards = _texture(args, cutout) if noise else (None, {})
     injected, _, metrics = inject(cutout.image[None], invvar[None], rendered, lens, BANDS,
-                                  cutout.pixel_scale, [args.seed], noise=noise)
+                                  cutout.pixel_scale, [args.seed], noise=noise, noise_kernels=texture)
     if cutout.invvar is None:  # no invvar: the SNR is unknown, not zero
         for key in ["arc_snr"] + [f"arc_snr_{b}" for b in BANDS]:
             metrics[key] = np.array([np.nan])
-    cards = _cards(args, cx, cy, index, mags, sersic, psf_cards, noise, {k: v[0] for k, v in metrics.items()})
+    cards = _cards(args, cx, cy, index, mags, sersic, {**psf_cards, **noise_cards}, noise,
+                   {k: v[0] for k, v in metrics.items()})
     write_injected(cutout, args.output, injected[0], rendered.arcs[0], cards)
     return {k: v[0] for k, v in cards.items()}
 

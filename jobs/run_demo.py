@@ -5,10 +5,12 @@
 1. LRG selection on the real DR8 sweeps and DR8/DR9 Tractor files (``conf/demo_lrg_selection.yaml``);
 2. the COSMOS source bank from the real ``btk_ext26`` galaxies (``conf/bank.yaml``);
 3. the injection manifest (``conf/demo_injection_priors.yaml``);
-4. a rendered stand-in sky in the exact coadd format for the selected LRGs' bricks, its sources drawn
-   with the PSFEx models the injection uses and its noise with the real z coadd's texture (real coadds are
-   not available offline; see the README), then cutouts read from it as from real coadds;
-5. injection (``conf/demo_injection.yaml``: PSFEx PSFs);
+4. a rendered stand-in sky in the exact coadd format for the selected LRGs' bricks (``conf/demo_sky.yaml``),
+   its sources drawn with real PSFEx models at their positions on per-band pseudo-CCDs and its noise with
+   the real z coadd's texture (real coadds are not available offline; see the README), then cutouts read
+   from it as from real coadds, each with its PSF stacked from the sky's CCD table and PSFEx files as
+   from the survey's, and its measured noise texture;
+5. injection with the production settings (``conf/injection.yaml``: the cutouts' PSFs, textured arc noise);
 6. validation: report, shortcut gates and pictures, including the gallery.
 
 Outputs under ``--output``: ``targets/``, ``bank.h5``, ``manifest/``, ``sky/``, ``cutouts/``,
@@ -43,6 +45,7 @@ def _stage(name: str, func, argv: list[str]) -> None:
 def _summary(out: Path, gallery: list[Path], wall_s: float) -> dict:
     """What ``summary.json`` says: where the outputs are, stamp counts and failure rates by label."""
     stamps = json.loads((out / "stamps" / "_summary.json").read_text())
+    cut = json.loads((out / "cutouts" / "_summary.json").read_text())
     sky = json.loads((out / "sky" / "sample_sky.json").read_text())
     summary = {
         "code_version": code_version(), "wall_s": round(wall_s, 1),
@@ -51,6 +54,9 @@ def _summary(out: Path, gallery: list[Path], wall_s: float) -> dict:
         "n_stamps": stamps["n_stamps"], "n_ok": stamps["n_ok"],
         "by_label": {k: {"n": v["n"], "failure_rate": v["failure_rate"]} for k, v in stamps["by_label"].items()},
         "note": "cutouts come from a rendered stand-in sky (real catalogue rows, catalogue depth), not real coadds",
+        "psf_source_counts": cut["psf_source_counts"], "noise_source_counts": cut["noise_source_counts"],
+        "cutout_noise_corr_median": cut["noise_corr_median"],
+        "stamp_psf_source_counts": stamps["psf_source_counts"],
         "sky": {b["brickname"]: {"psf_source": b["psf_source"], "noise_neighbour_correlation":
                                  b["noise_neighbour_correlation"]} for b in sky["bricks"]},
     }
@@ -68,8 +74,8 @@ def main(argv=None) -> int:
     from jobs import (build_manifest, cosmos_source_loader, inject_stamps, make_cutouts,
                       make_sample_sky, select_lrgs, validate_cosmos_injection)
     from jobs.spark import get_spark
-    from udfs.stamps.inject import load_settings
     from udfs.stamps.manifest import resolve_manifest
+    from udfs.survey.sky_config import load_sky_config
 
     data = data_root()
     ls = data / "legacysurvey"
@@ -89,13 +95,13 @@ def main(argv=None) -> int:
            ["--targets", str(out / "targets"), "--config", str(priors), "--output",
             str(out / "manifest"), "--bank", str(out / "bank.h5")])
     manifest = resolve_manifest(str(out / "manifest"))  # where stage 3 wrote (its _manifest.json)
-    injection = CONF / "demo_injection.yaml"
-    psfex = load_settings(str(injection)).psfex_files  # the sky's sources share the arcs' PSF
+    injection = CONF / "injection.yaml"
+    sky = load_sky_config(str(CONF / "demo_sky.yaml"))
     _stage("4a sample sky (rendered stand-in for coadds)", make_sample_sky.main,
            ["--targets", str(out / "targets"), "--catalogs", str(ls / "dr8_tractor"), str(ls / "dr9_tractor"),
             str(ls / "dr8_sweeps"), "--output", str(out / "sky"),
-            *[a for b, f in zip("grz", psfex) for a in (f"--psfex-{b}", f)],
-            "--noise-texture", str(ls / "coadd_1102p240_z" / "legacysurvey-1102p240-image-z.fits.fz")])
+            *[a for b, f in sky.psfex_files.items() for a in (f"--psfex-{b}", f)],
+            "--noise-texture", sky.noise_texture])
     _stage("4b cutouts", make_cutouts.main,
            ["--targets", str(out / "targets"), "--coadd-base", str(out / "sky"), "--output", str(out / "cutouts")])
     _stage("5 injection", inject_stamps.main,

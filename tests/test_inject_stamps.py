@@ -264,11 +264,11 @@ def test_bad_inputs_are_clear_errors(inputs, tmp_path, capsys):
                                "--bank", inputs["bank"], "--output", str(tmp_path / "o")]) == 2
     assert "no Parquet files" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
-    bad.write_text((CONF / "injection.yaml").read_text().replace("psf_model: gaussian", "psf_model: airy"))
+    bad.write_text((CONF / "injection.yaml").read_text().replace("psf_model: cutout", "psf_model: airy"))
     assert run_job(inputs, tmp_path / "o2", "--config", str(bad)) == 2
-    assert "psf_model: expected 'gaussian', 'moffat' or 'psfex'" in capsys.readouterr().err
+    assert "psf_model: expected one of cutout, gaussian, moffat, psfex, got 'airy'" in capsys.readouterr().err
     missing = tmp_path / "missing.yaml"
-    missing.write_text((CONF / "injection.yaml").read_text().replace("psf_model: gaussian", "psf_model: psfex")
+    missing.write_text((CONF / "injection.yaml").read_text().replace("psf_model: cutout", "psf_model: psfex")
                        .replace("psfex_files: null", "psfex_files: {g: /no/g.fits, r: /no/r.fits, z: /no/z.fits}"))
     assert run_job(inputs, tmp_path / "o3", "--config", str(missing)) == 2
     assert "psfex_files.g: /no/g.fits: file not found" in capsys.readouterr().err
@@ -280,7 +280,7 @@ def test_pixelised_psfex_psf_when_configured(stamps, inputs, tmp_path, data_root
     files = {"g": "c4d_150329_083505_ooi_g_ls9-N11-psfex.fits", "r": "c4d_150329_083320_ooi_r_ls9-N11-psfex.fits",
              "z": "c4d_150412_073257_ooi_z_ls9-N11-psfex.fits"}
     conf = tmp_path / "psfex.yaml"
-    conf.write_text((CONF / "injection.yaml").read_text().replace("psf_model: gaussian", "psf_model: psfex")
+    conf.write_text((CONF / "injection.yaml").read_text().replace("psf_model: cutout", "psf_model: psfex")
                     .replace("psfex_files: null", "psfex_files: {" + ", ".join(f"{b}: {psfex / f}" for b, f in files.items()) + "}"))
     out = tmp_path / "psfex_stamps"
     assert run_job(inputs, out, "--config", str(conf)) == 0

@@ -92,12 +92,15 @@ def render_arcs(lens: Lens, sources: Sources, kernels: list[list[np.ndarray]], n
 
 def inject(images: np.ndarray, invvar: np.ndarray, rendered: RenderedArcs, lens: Lens, bands: str,
            pixel_scale: float, seeds, noise: bool = True,
-           core_radius: float = CORE_RADIUS_ARCSEC) -> tuple[np.ndarray, np.ndarray, dict]:
+           core_radius: float = CORE_RADIUS_ARCSEC,
+           noise_kernels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Add arcs to cutouts ``(B, n_bands, N, N)``; returns ``(injected, added_arcs, metrics)``.
 
     With ``noise`` the added arc carries its own Poisson noise (:mod:`udfs.survey.shot_noise`), drawn from
     ``numpy.random.default_rng(seed)`` per stamp, bands in order; ``metrics`` then also holds
-    ``gain_<band>`` (electrons per nanomaggy). Metrics are computed on the noiseless arc.
+    ``gain_<band>`` (electrons per nanomaggy). ``noise_kernels`` ``(B, n_bands, k, k)``: each
+    stamp's noise texture (the cutouts' ``noise_kernel``), given to the shot noise; ``None``: white.
+    Metrics are computed on the noiseless arc.
     """
     arcs = rendered.arcs
     added = arcs.copy()
@@ -109,7 +112,8 @@ def inject(images: np.ndarray, invvar: np.ndarray, rendered: RenderedArcs, lens:
             rng = np.random.default_rng(int(seed))
             for b, band in enumerate(bands):
                 gains[s, b] = gain_estimate(invvar[s, b], band, pixel_scale)
-                added[s, b] = add_poisson_noise(arcs[s, b], gains[s, b], rng)
+                kernel = None if noise_kernels is None else noise_kernels[s, b]
+                added[s, b] = add_poisson_noise(arcs[s, b], gains[s, b], rng, kernel)
         for b, band in enumerate(bands):
             metrics[f"gain_{band}"] = gains[:, b]
     injected = (images.astype(np.float64) + added).astype(np.float32)

@@ -54,6 +54,13 @@ def condition_fields(bands: str = SURVEY_BANDS) -> list[tuple[str, pa.DataType, 
     return [(f"psf_fwhm_{b}", _D, _ARCSEC) for b in bands] + [(f"psfdepth_{b}", _D, _IVAR) for b in bands]
 
 
+def psf_noise_fields(bands: str = SURVEY_BANDS) -> list[tuple[str, pa.DataType, str]]:
+    """(name, type, unit) of how the arc's PSF and noise were made (every ok row): ``psf_source_<b>``
+    (the cutout's ``psf_source``, or the stage-5 model that replaced it) and ``noise_corr_<b>`` (the
+    cutout's measured neighbour-pixel noise correlation, given to the arc's shot noise with ``arc_noise_texture``)."""
+    return [(f"psf_source_{b}", _S, "") for b in bands] + [(f"noise_corr_{b}", _D, _ONE) for b in bands]
+
+
 def metric_fields(bands: str = SURVEY_BANDS) -> list[tuple[str, pa.DataType, str]]:
     """(name, type, unit) of the arc metrics (:mod:`udfs.lensing.arc_metrics`; null on controls)."""
     return ([("magnification", _D, _ONE), ("n_images", _I, ""), ("core_flux_frac", _D, _ONE),
@@ -74,6 +81,7 @@ def _names(fields) -> list[str]:
 IDENTITY = _names(identity_fields())
 TRUTH = _names(truth_fields())
 CONDITIONS = _names(condition_fields())
+PSF_NOISE = _names(psf_noise_fields())
 METRICS = _names(metric_fields())
 STATUS = _names(STATUS_FIELDS)
 PIXELS = list(PIXEL_UNITS)
@@ -83,8 +91,8 @@ PROVENANCE = _names(PROVENANCE_FIELDS)
 
 def scalar_fields(bands: str = SURVEY_BANDS) -> list[tuple[str, pa.DataType, str]]:
     """Every non-pixel column in file order, ``split`` included."""
-    return identity_fields() + truth_fields(bands) + condition_fields(bands) + metric_fields(bands) \
-        + STATUS_FIELDS
+    return identity_fields() + truth_fields(bands) + condition_fields(bands) + psf_noise_fields(bands) \
+        + metric_fields(bands) + STATUS_FIELDS
 
 
 def columns(bands: str = SURVEY_BANDS) -> list[str]:

@@ -12,6 +12,13 @@ each batch, which returns a new frame with the columns of :mod:`udfs.schemas.sta
 - injected: the lensed arc (SIE + shear, bank source or Sersic, the target's PSF per band) plus
   its own Poisson noise added to the cutout; truth, metrics and the noiseless arc recorded.
 
+PSF (``psf_model``): ``cutout`` (the default) convolves with the PSF stage 4 stored for the target
+(``psf``: the survey's CCD PSFEx stack or its recorded fallback, :mod:`udfs.survey.target_psf`);
+``gaussian``/``moffat`` (the target's PSFSIZE) and ``psfex`` (fixed files) are explicit options.
+Each row records ``psf_source_<b>``. Arc shot noise: Poisson, then given the cutout's measured
+noise texture (``noise_kernel``, with ``arc_noise_texture``) as the coadd's resampling gives it
+to every photon; each row records the cutout's neighbour correlation ``noise_corr_<b>``.
+
 Colours: ``src_mag_g = src_mag_r + g_r`` and ``src_mag_z = src_mag_r - r_z`` of the bank row;
 magnitudes are as observed (no further extinction). With ``rescale_to_src_z`` the bank image's
 angular size is scaled by ``D_A(zphot) / D_A(src_z)`` (:mod:`udfs.sources.cosmology`), recorded as
@@ -37,6 +44,9 @@ from udfs.sources.bank import SourceBank
 from udfs.sources.cosmology import angular_size_ratio
 from udfs.survey.bands import SURVEY_BANDS, check_bands
 from udfs.survey.psf import psf_kernel, psfex_kernel
+from udfs.survey.target_psf import DEFAULT_MOFFAT_BETA
+
+PSF_MODELS = ("cutout", "gaussian", "moffat", "psfex")
 
 DEFAULT_CONFIG = str(REPO_ROOT / "conf" / "injection.yaml")
 #: bank meta columns the injection reads (colours, photo-z, Sersic twin, morphology)
@@ -50,10 +60,11 @@ class InjectionSettings:
     bands: str = SURVEY_BANDS
     pixel_scale: float = 0.262          # arcsec / pixel of the cutouts
     supersampling: int = 8
-    psf_model: str = "gaussian"         # gaussian | moffat | psfex
-    moffat_beta: float = 3.5
+    psf_model: str = "cutout"           # cutout | gaussian | moffat | psfex
+    moffat_beta: float = DEFAULT_MOFFAT_BETA
     psfex_files: tuple = ()             # psfex: one PSFEx model per band, in band order
     arc_noise: bool = True
+    arc_noise_texture: bool = True      # arc shot noise with the cutout's measured texture (else white)
     core_radius_arcsec: float = CORE_RADIUS_ARCSEC
     rescale_to_src_z: bool = True
     n_buckets: int = 8
@@ -69,8 +80,8 @@ def load_settings(uri: str) -> InjectionSettings:
     if unknown:
         raise c.fail(unknown[0], "unknown key")
     model = c.get(raw, "psf_model", "psf_model")
-    if model not in ("gaussian", "moffat", "psfex"):
-        raise c.fail("psf_model", f"expected 'gaussian', 'moffat' or 'psfex', got {model!r}")
+    if model not in PSF_MODELS:
+        raise c.fail("psf_model", f"expected one of {', '.join(PSF_MODELS)}, got {model!r}")
     bands = c.get(raw, "bands", "bands")
     problem = check_bands(bands)
     if problem:
@@ -94,6 +105,7 @@ def load_settings(uri: str) -> InjectionSettings:
         psf_model=model, moffat_beta=c.number(raw, "moffat_beta", "moffat_beta", lo=1, lo_open=True),
         psfex_files=files,
         arc_noise=c.boolean(raw, "arc_noise", "arc_noise"),
+        arc_noise_texture=c.boolean(raw, "arc_noise_texture", "arc_noise_texture"),
         core_radius_arcsec=c.number(raw, "core_radius_arcsec", "core_radius_arcsec", lo=0, lo_open=True),
         rescale_to_src_z=c.boolean(raw, "rescale_to_src_z", "rescale_to_src_z"),
         n_buckets=c.integer(raw, "n_buckets", "n_buckets", lo=1))
@@ -123,12 +135,21 @@ def _arc_reason(row, bank: SourceBank) -> str | None:
     return None
 
 
-def _kernels(settings: InjectionSettings, fwhms: list[float]) -> list[np.ndarray]:
-    """PSF kernel per band: the target's FWHM (gaussian/moffat), or the configured PSFEx models
-    evaluated at their fit centre (psfex)."""
+def _kernels(settings: InjectionSettings, row: dict) -> tuple[list[np.ndarray], list[str]]:
+    """PSF kernel and its source per band for one row: the cutout's stored PSF (cutout), the
+    target's FWHM (gaussian/moffat), or the configured PSFEx models at their fit centre (psfex)."""
+    nb = len(settings.bands)
+    if settings.psf_model == "cutout":
+        k = int(row["psf_size"])
+        psf = np.asarray(row["psf"], dtype=np.float64).reshape(nb, k, k)
+        return list(psf), [str(x) for x in row["psf_source"]]
     if settings.psf_model == "psfex":
-        return [psfex_kernel(f, None, None, settings.pixel_scale) for f in settings.psfex_files]
-    return [psf_kernel(settings.psf_model, fwhm, settings.pixel_scale, settings.moffat_beta) for fwhm in fwhms]
+        return ([psfex_kernel(f, None, None, settings.pixel_scale) for f in settings.psfex_files],
+                [f"psfex_file:{f.rsplit('/', 1)[-1]}, stage 5; configured" for f in settings.psfex_files])
+    kernels = [psf_kernel(settings.psf_model, row[f"psf_fwhm_{b}"], settings.pixel_scale, settings.moffat_beta)
+               for b in settings.bands]
+    beta = f",beta={settings.moffat_beta:g}" if settings.psf_model == "moffat" else ""
+    return kernels, [f"{settings.psf_model}:fwhm=psfsize{beta}, stage 5; configured"] * nb
 
 
 def _pixels(values, shape) -> np.ndarray:
@@ -145,7 +166,8 @@ def inject_tasks(pdf: pd.DataFrame, bank: SourceBank, settings: InjectionSetting
     """
     bands, n = settings.bands, stamp_size
     out = pdf.copy()
-    filled = schema.truth_fields(bands) + schema.condition_fields(bands) + schema.metric_fields(bands)
+    filled = (schema.truth_fields(bands) + schema.condition_fields(bands) + schema.psf_noise_fields(bands)
+              + schema.metric_fields(bands))
     for col, _, _ in filled:
         if col not in out:
             out[col] = None
@@ -161,7 +183,14 @@ def inject_tasks(pdf: pd.DataFrame, bank: SourceBank, settings: InjectionSetting
         return out
     images = _pixels(out["image"].to_numpy()[good], (len(bands), n, n))
     invvar = _pixels(out["invvar"].to_numpy()[good], (len(bands), n, n))
-    kernels = [_kernels(settings, [float(out[f"psf_fwhm_{b}"].iat[g]) for b in bands]) for g in good]
+    rows = out.iloc[good].to_dict("records")
+    made = [_kernels(settings, r) for r in rows]
+    kernels = [m[0] for m in made]
+    for k, b in enumerate(bands):
+        out.loc[out.index[good], f"psf_source_{b}"] = [m[1][k] for m in made]
+    texture = None
+    if settings.arc_noise_texture:
+        texture = np.stack([np.asarray(r["noise_kernel"], np.float64).reshape(len(bands), 3, 3) for r in rows])
     for k, b in enumerate(bands):  # point-source depth implied by the cutout's invvar
         nea = np.array([1.0 / np.sum(kern[k] ** 2) for kern in kernels])
         out.loc[out.index[good], f"psfdepth_{b}"] = np.median(invvar[:, k], axis=(1, 2)) / nea
@@ -170,6 +199,7 @@ def inject_tasks(pdf: pd.DataFrame, bank: SourceBank, settings: InjectionSetting
     if len(inj):
         rows = out.iloc[good[inj]]
         arcs[inj], images[inj], truth = _inject(rows, images[inj], invvar[inj], [kernels[j] for j in inj],
+                                                None if texture is None else texture[inj],
                                                 bank, settings, n, cosmology)
         for col, values in truth.items():
             out.loc[rows.index, col] = values
@@ -206,7 +236,7 @@ def _sersic(rows: pd.DataFrame, meta: dict, idx: np.ndarray, size_scale: np.ndar
     return out
 
 
-def _inject(rows: pd.DataFrame, images, invvar, kernels, bank: SourceBank, settings, n, cosmology):
+def _inject(rows: pd.DataFrame, images, invvar, kernels, texture, bank: SourceBank, settings, n, cosmology):
     """Render and add arcs for the injected ``rows``: ``(arcs, injected images, truth and metrics)``,
     the last a dict of per-row arrays keyed by stamp column."""
     idx = rows["src_index"].to_numpy(dtype=np.int64)
@@ -235,7 +265,8 @@ def _inject(rows: pd.DataFrame, images, invvar, kernels, bank: SourceBank, setti
     rendered = render_arcs(lens, sources, kernels, n, settings.pixel_scale, bank, settings.supersampling)
     seeds = rows["seed"].to_numpy(dtype=np.int64).astype(np.uint64)
     injected, _, metrics = inject(images, invvar, rendered, lens, settings.bands, settings.pixel_scale,
-                                  seeds, noise=settings.arc_noise, core_radius=settings.core_radius_arcsec)
+                                  seeds, noise=settings.arc_noise, core_radius=settings.core_radius_arcsec,
+                                  noise_kernels=texture)
     truth = {f"src_mag_{b}": mags[b] for b in settings.bands}
     truth.update(src_size_scale=size_scale, src_zphot=zphot)
     for col, bank_col in (("src_gini", "gini"), ("src_m20", "m20"), ("src_clumpiness", "clumpiness"),

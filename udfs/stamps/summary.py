@@ -1,5 +1,6 @@
 """The ``_summary.json`` of a stage-5 stamps dataset: counts, failure rates by label and reason,
-PSF and depth quantiles (5/50/95 %) by label, rows per split.
+PSF and depth quantiles (5/50/95 %) by label, rows per split; PSF sources counted per band
+(:func:`udfs.survey.target_psf.source_method`) and the median noise correlation per band.
 
 Pure pyarrow/pandas on the written files (no Spark): :func:`read_status` reads the few columns
 needed, :func:`summarise` turns them into the summary.
@@ -11,11 +12,13 @@ import pandas as pd
 
 from udfs.io.datasets import read_columns
 from udfs.schemas import stamps as schema
+from udfs.survey.target_psf import source_method
 
 
 def read_status(uri: str, bands: str) -> pd.DataFrame:
     """Label, status and conditions of every stamp of the dataset at ``uri``, with its ``split``."""
-    cols = ["is_control", "ok", "fail_reason"] + [f[0] for f in schema.condition_fields(bands)]
+    cols = (["is_control", "ok", "fail_reason"] + [f[0] for f in schema.condition_fields(bands)]
+            + [f[0] for f in schema.psf_noise_fields(bands)])
     return read_columns(uri, schema.WHAT, cols + ["split"])
 
 
@@ -34,4 +37,10 @@ def summarise(df: pd.DataFrame, bands: str) -> dict:
             "quantiles_5_50_95": q,
             "by_split": {str(k): int(v) for k, v in part["split"].value_counts().sort_index().items()},
         }
+    ok = df[df["ok"]]
+    out["psf_source_counts"] = {
+        b: {str(k): int(v) for k, v in ok[f"psf_source_{b}"].map(source_method).value_counts().sort_index().items()}
+        for b in bands}
+    out["noise_corr_median"] = {b: (float(np.nanmedian(ok[f"noise_corr_{b}"].astype(float)))
+                                    if ok[f"noise_corr_{b}"].notna().any() else None) for b in bands}
     return out

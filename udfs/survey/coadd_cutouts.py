@@ -36,7 +36,7 @@ from udfs.io import storage
 from udfs.survey.bands import COADD_BANDS, SURVEY_BANDS, check_bands
 from udfs.survey.coadd_files import CoaddFile, RemoteReadError, brick_file
 from udfs.survey.noise_texture import brick_median_texture, cutout_texture, neighbour_correlation
-from udfs.survey.target_psf import BrickPSF, PSFConfig
+from udfs.survey.target_psf import BrickPSF, PSFConfig, source_method
 
 WCS_KEYS = ("NAXIS1", "NAXIS2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1", "CD2_2")
 
@@ -305,23 +305,14 @@ def summarise(df: pd.DataFrame, cfg: CutoutConfig) -> dict:
     }
 
 
-def _method(source: str) -> str:
-    """``psfex_stack``, ``moffat (fallback)``, ``moffat (configured)``, ``gaussian``; ``measured``,
-    ``brick_median``, ``white``."""
-    head = str(source).split(":", 1)[0]
-    if head == "moffat":
-        return "moffat (configured)" if str(source).endswith("; configured") else "moffat (fallback)"
-    return head
-
-
 def psf_and_texture_summary(ok: pd.DataFrame, bands: str) -> dict:
     """PSF sources and noise-texture sources counted per band, fallback reasons, the median
     neighbour correlation per band, and per brick the PSF files read and their bytes."""
     psf_counts, noise_counts, reasons = {}, {}, {}
     for i, b in enumerate(bands):
-        methods = pd.Series([_method(v[i]) for v in ok["psf_source"]], dtype=object)
+        methods = pd.Series([source_method(v[i]) for v in ok["psf_source"]], dtype=object)
         psf_counts[b] = {str(k): int(v) for k, v in methods.value_counts().sort_index().items()}
-        noise = pd.Series([_method(v[i]) for v in ok["noise_source"]], dtype=object)
+        noise = pd.Series([source_method(v[i]) for v in ok["noise_source"]], dtype=object)
         noise_counts[b] = {str(k): int(v) for k, v in noise.value_counts().sort_index().items()}
         for v in ok["psf_source"]:
             if "; no stack: " in v[i]:

@@ -6,10 +6,18 @@ noise, from one gain model. With ``g`` electrons per nanomaggy, a sky-limited pi
 ``1 / invvar = sky / g`` (nanomaggies^2), hence the gain estimate ``g = invvar * sky`` with ``sky``
 the sky flux per pixel from a typical dark-sky brightness per band (``SKY_MAG_ARCSEC2``, DECam).
 The arc then becomes ``Poisson(arc * g) / g``: zero where the arc is zero, never clamped.
+
+Texture: the coadd's photons were resampled from the CCDs, so its shot noise is correlated like
+its sky noise (:mod:`udfs.survey.noise_texture`). With a texture kernel ``k`` (odd, ``sum k^2 = 1``:
+the cutout's ``noise_kernel``) the arc becomes ``arc + k (*) (Poisson(arc * g) / g - arc)``: the
+same mean, the same per-pixel variance ``arc / g`` where the arc varies slowly on the kernel's
+scale, and the neighbour correlation the kernel gives (the kernel spreads a pixel's noise onto its
+neighbours, so pixels next to the arc get some). Outside the stamp the residual is taken as 0.
 """
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from udfs.config.limits import ParameterError
 
@@ -28,9 +36,17 @@ def gain_estimate(invvar: np.ndarray, band: str, pixel_scale: float) -> float:
     return float(np.median(good) * sky)
 
 
-def add_poisson_noise(arc: np.ndarray, gain: float, rng: np.random.Generator) -> np.ndarray:
-    """One band's arc (nanomaggies) with its shot noise; pixels with ``arc <= 0`` stay exactly 0."""
+def add_poisson_noise(arc: np.ndarray, gain: float, rng: np.random.Generator,
+                      kernel: np.ndarray | None = None) -> np.ndarray:
+    """One band's arc (nanomaggies) with its shot noise. White (``kernel=None``): pixels with
+    ``arc <= 0`` stay exactly 0. With a texture ``kernel`` (module doc) the noise is correlated."""
     if not gain > 0:
         raise ParameterError(f"gain must be > 0 electrons/nanomaggy, got {gain}")
     lam = np.where(arc > 0, arc, 0.0) * gain
-    return (rng.poisson(lam) / gain).astype(arc.dtype)
+    noisy = rng.poisson(lam) / gain
+    if kernel is None:
+        return noisy.astype(arc.dtype)
+    k = np.asarray(kernel, np.float64)
+    k = k / np.sqrt(np.sum(k * k))
+    residual = noisy - lam / gain
+    return (arc + ndimage.convolve(residual, k, mode="constant", cval=0.0)).astype(arc.dtype)

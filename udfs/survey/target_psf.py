@@ -60,6 +60,16 @@ class PSFConfig:
         return asdict(self)
 
 
+def source_method(source: str) -> str:
+    """The method of a recorded ``psf_source`` (``psfex_stack``, ``moffat (fallback)``, ``moffat
+    (configured)``, ``gaussian``, ``psfex_file``) or ``noise_source`` (``measured``, ``brick_median``,
+    ``white``), for counting."""
+    head = str(source).split(":", 1)[0]
+    if head == "moffat":
+        return "moffat (configured)" if str(source).endswith("; configured") else "moffat (fallback)"
+    return head
+
+
 def pad_to(kernel: np.ndarray, k: int) -> np.ndarray:
     """An odd kernel zero-padded (centred) to ``k x k``."""
     p = (k - kernel.shape[0]) // 2
