@@ -17,9 +17,13 @@ from jobs.spark import dataset_files
 from udfs.io import storage
 from udfs.lensing.arcs import nanomaggies
 from udfs.config.provenance import REPO_ROOT, code_version
+from udfs.schemas import cutouts as cutout_schema
 from udfs.schemas import stamps as stamp_schema
 from udfs.sources.bank import read_bank
+from udfs.stamps.inject import inject_tasks, load_settings
 from udfs.stamps.manifest import resolve_manifest
+from udfs.survey.psf import convolve
+from udfs.survey.sky_config import load_sky_config
 
 CONF = REPO_ROOT / "conf"
 
@@ -34,8 +38,10 @@ def inputs(tmp_path_factory, spark, bank_path, data_root):
     priors = CONF / "demo_injection_priors.yaml"
     assert build_manifest.main(["--targets", str(d / "targets"), "--config", str(priors),
                                 "--output", str(d / "manifest"), "--bank", bank_path]) == 0
+    sky = load_sky_config(str(CONF / "demo_sky.yaml"))  # the demo's sky: real PSFEx models and texture
     assert make_sample_sky.main(["--targets", str(d / "targets"), "--catalogs", *cats[1:], cats[0],
-                                 "--output", str(d / "sky")]) == 0
+                                 "--output", str(d / "sky"), "--noise-texture", sky.noise_texture,
+                                 *[a for b, f in sky.psfex_files.items() for a in (f"--psfex-{b}", f)]]) == 0
     assert make_cutouts.main(["--targets", str(d / "targets"), "--coadd-base", str(d / "sky"),
                               "--output", str(d / "cutouts")]) == 0
     manifest = resolve_manifest(str(d / "manifest"))  # the one manifest under the root
@@ -118,6 +124,40 @@ def test_rows_pixels_truth_and_flux_accounting(stamps, inputs):
     assert np.all(np.asarray(ctrl["arc"].tolist()) == 0)
     assert ctrl["magnification"].isna().all() and ctrl["theta_e"].isna().all()
     assert set(inj["src_mode"]) == {"cosmos", "sersic"}
+
+
+def test_arcs_take_the_psf_and_noise_texture_stage4_stored(stamps, inputs):
+    """Default config: each stamp names the PSF its cutout stored and the texture it measured, and
+    the arc is exactly the unconvolved arc convolved with that stored PSF (pure transform)."""
+    cut = read_all(inputs["cutouts"]).to_pandas().set_index("target_id")
+    tab = read_all(stamps).to_pandas()
+    for b_i, b in enumerate("grz"):
+        want = cut.loc[tab["target_id"]]
+        assert (tab[f"psf_source_{b}"].to_numpy() == [s[b_i] for s in want["psf_source"]]).all()
+        np.testing.assert_array_equal(tab[f"noise_corr_{b}"].to_numpy(float), want[f"noise_corr_{b}"].to_numpy(float))
+    assert all(s.startswith("psfex_stack") for b in "grz" for s in tab[f"psf_source_{b}"])
+    assert (tab[[f"noise_corr_{b}" for b in "grz"]].to_numpy(float) > 0.05).all()  # the sky's resampling
+
+    settings = load_settings(str(CONF / "injection.yaml"))
+    assert settings.psf_model == "cutout" and settings.arc_noise_texture
+    tasks = read_all(inputs["manifest"]).to_pandas()
+    tasks = tasks[~tasks["is_control"]].sort_values("task_id").head(6)
+    cols = cut.reset_index()[cutout_schema.READER_COLUMNS].rename(columns={"ok": "cutout_ok", "fail_reason": "cutout_fail_reason"})
+    pdf = tasks.drop(columns=[c for c in ("split",) if c in tasks]).merge(cols, on="target_id", how="left")
+    bank = read_bank(inputs["bank"])
+    stored = inject_tasks(pdf, bank, settings, 64)
+    delta = pdf.copy()
+    delta["psf_size"] = 1
+    delta["psf"] = [np.ones(3, np.float32)] * len(delta)
+    bare = inject_tasks(delta, bank, settings, 64)
+    assert stored["ok"].all() and bare["ok"].all()
+    for s in range(len(pdf)):
+        k = int(pdf["psf_size"].iloc[s])
+        psf = np.asarray(pdf["psf"].iloc[s], float).reshape(3, k, k)
+        want = np.stack([convolve(np.asarray(bare["arc"].iloc[s], float).reshape(3, 64, 64)[b], psf[b]) for b in range(3)])
+        got = np.asarray(stored["arc"].iloc[s], float).reshape(3, 64, 64)
+        assert np.abs(got - want).max() < 1e-5 * got.max()   # float32 storage
+        assert np.abs(got - want).max() < 1e-2 * np.abs(got - np.asarray(bare["arc"].iloc[s]).reshape(3, 64, 64)).max()
 
 
 def test_sersic_twin_ablation_changes_only_the_source(stamps, inputs):
