@@ -23,8 +23,8 @@ Math and conventions, once:
   sit on the stamp centre, and normalised to unit sum.
 - **Weights.** A Legacy Survey coadd averages CCDs in nanomaggies with their inverse variance;
   per CCD that is ``1 / sig1**2`` (``sig1``: the CCD's median per-pixel noise in nanomaggies;
-  checked on the testcase: ``median(1/sqrt(oow)) * 10**(-0.4 (ccdzpt - 22.5)) / exptime``
-  agrees with ``sig1`` to 2-10% for all 6 CCDs). ``psfnorm``/``galnorm`` enter legacypipe's
+  tests/test_ccd_calibration.py: ``median(1/sqrt(oow)) * 10**(-0.4 (ccdzpt - 22.5)) / exptime``
+  is 1.01-1.10x ``sig1`` for all 6 CCDs of the testcase). ``psfnorm``/``galnorm`` enter legacypipe's
   *depths*, not its pixel coadd, so they are not used.
 - **Stack.** ``sum_i w_i P_i / sum_i w_i`` of unit-sum ``P_i``, cropped to the smallest odd
   ``K`` whose central ``K x K`` holds ``flux_fraction`` of the full stamp, renormalised.
