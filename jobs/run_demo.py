@@ -99,9 +99,7 @@ def main(argv=None) -> int:
     sky = load_sky_config(str(CONF / "demo_sky.yaml"))
     _stage("4a sample sky (rendered stand-in for coadds)", make_sample_sky.main,
            ["--targets", str(out / "targets"), "--catalogs", str(ls / "dr8_tractor"), str(ls / "dr9_tractor"),
-            str(ls / "dr8_sweeps"), "--output", str(out / "sky"),
-            *[a for b, f in sky.psfex_files.items() for a in (f"--psfex-{b}", f)],
-            "--noise-texture", sky.noise_texture])
+            str(ls / "dr8_sweeps"), "--output", str(out / "sky"), *sky.argv()])
     _stage("4b cutouts", make_cutouts.main,
            ["--targets", str(out / "targets"), "--coadd-base", str(out / "sky"), "--output", str(out / "cutouts")])
     _stage("5 injection", inject_stamps.main,

@@ -40,8 +40,7 @@ def inputs(tmp_path_factory, spark, bank_path, data_root):
                                 "--output", str(d / "manifest"), "--bank", bank_path]) == 0
     sky = load_sky_config(str(CONF / "demo_sky.yaml"))  # the demo's sky: real PSFEx models and texture
     assert make_sample_sky.main(["--targets", str(d / "targets"), "--catalogs", *cats[1:], cats[0],
-                                 "--output", str(d / "sky"), "--noise-texture", sky.noise_texture,
-                                 *[a for b, f in sky.psfex_files.items() for a in (f"--psfex-{b}", f)]]) == 0
+                                 "--output", str(d / "sky"), *sky.argv()]) == 0
     assert make_cutouts.main(["--targets", str(d / "targets"), "--coadd-base", str(d / "sky"),
                               "--output", str(d / "cutouts")]) == 0
     manifest = resolve_manifest(str(d / "manifest"))  # the one manifest under the root

@@ -46,8 +46,7 @@ def _inputs(d: Path) -> str:
                                 "--output", str(d / "manifest"), "--bank", str(d / "bank.h5")]) == 0
     sky = load_sky_config(str(conf / "demo_sky.yaml"))
     assert make_sample_sky.main(["--targets", str(d / "targets"), "--catalogs", *cats[1:], cats[0],
-                                 "--output", str(d / "sky"), "--noise-texture", sky.noise_texture,
-                                 *[a for b, f in sky.psfex_files.items() for a in (f"--psfex-{b}", f)]]) == 0
+                                 "--output", str(d / "sky"), *sky.argv()]) == 0
     assert make_cutouts.main(["--targets", str(d / "targets"), "--coadd-base", str(d / "sky"),
                               "--output", str(d / "cutouts")]) == 0
     return resolve_manifest(str(d / "manifest"))

@@ -183,14 +183,14 @@ def inject_tasks(pdf: pd.DataFrame, bank: SourceBank, settings: InjectionSetting
         return out
     images = _pixels(out["image"].to_numpy()[good], (len(bands), n, n))
     invvar = _pixels(out["invvar"].to_numpy()[good], (len(bands), n, n))
-    rows = out.iloc[good].to_dict("records")
-    made = [_kernels(settings, r) for r in rows]
+    psf_columns = [c for c in ("psf", "psf_size", "psf_source", *(f"psf_fwhm_{b}" for b in bands)) if c in out]
+    made = [_kernels(settings, r) for r in out.iloc[good][psf_columns].to_dict("records")]
     kernels = [m[0] for m in made]
     for k, b in enumerate(bands):
         out.loc[out.index[good], f"psf_source_{b}"] = [m[1][k] for m in made]
     texture = None
     if settings.arc_noise_texture:
-        texture = np.stack([np.asarray(r["noise_kernel"], np.float64).reshape(len(bands), 3, 3) for r in rows])
+        texture = _pixels(out["noise_kernel"].to_numpy()[good], (len(bands), 3, 3)).astype(np.float64)
     for k, b in enumerate(bands):  # point-source depth implied by the cutout's invvar
         nea = np.array([1.0 / np.sum(kern[k] ** 2) for kern in kernels])
         out.loc[out.index[good], f"psfdepth_{b}"] = np.median(invvar[:, k], axis=(1, 2)) / nea

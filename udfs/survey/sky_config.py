@@ -21,6 +21,11 @@ class SkyConfig:
     psfex_files: dict          # band -> PSFEx model file (a subset of grz; other bands: Gaussian)
     noise_texture: str         # a real coadd legacysurvey-<brick>-image-<band> file
 
+    def argv(self) -> list[str]:
+        """The ``jobs.make_sample_sky`` flags that draw the sky with these inputs."""
+        return [*(a for b, f in self.psfex_files.items() for a in (f"--psfex-{b}", f)),
+                "--noise-texture", self.noise_texture]
+
 
 def load_sky_config(uri: str) -> SkyConfig:
     raw = load_yaml(uri)
