@@ -63,13 +63,17 @@ def stage1_inputs(data_root, where: str, base: str) -> list[str]:
 
 
 def small_bank(where: str, base: str, tmp_path) -> tuple[list[str], int]:
-    """``(--bank args, bank size)``: local takes bank_size from the config; s3 a 5-image bank on s3."""
-    if where == "local":
-        return [], 100
+    """``(--bank args, bank size)``: a 5-image bank (local or on s3) with the meta stage 3's deflector
+    mode reads (photo-z behind any LRG, unlensed r) and its cosmology."""
+    import json
+
     import h5py
 
     with h5py.File(tmp_path / "bank.h5", "w") as h:
         h["images"] = np.full((5, 8, 8), 1 / 64, np.float32)
         h.attrs["pixel_scale_arcsec"] = 0.03
+        h.attrs["config"] = json.dumps({"cosmology": "Planck18"})
+        h["meta/zphot"] = np.array([1.2, 1.5, 2.0, 2.5, 3.0])
+        h["meta/mag_r"] = np.array([24.0, 24.5, 23.8, 25.0, 24.2])
     storage.write_bytes(storage.join(base, "bank.h5"), (tmp_path / "bank.h5").read_bytes())
     return ["--bank", storage.join(base, "bank.h5")], 5

@@ -19,12 +19,20 @@ from udfs.schemas.manifest import MANIFEST_SCHEMA
 from udfs.stamps import manifest, priors
 
 CONF = REPO_ROOT / "conf" / "injection_priors.yaml"
-BANK = 57
+BANK = manifest.BankSources(size=57)
 P_MIN = 1e-3
+UNIFORM = {"lens_mode": "uniform", "src_redshift": "prior", "src_brightness": "prior",
+           "theta_e": {"dist": "uniform", "low": 0.8, "high": 2.5},
+           "lens_q": {"dist": "uniform", "low": 0.5, "high": 1.0}}
 
 
 def raw_config():
-    return yaml.safe_load(CONF.read_text())
+    """The shipped priors switched to the explicit uniform option (completeness grids): theta_E,
+    q, source redshift and brightness from priors, no bank properties needed."""
+    raw = yaml.safe_load(CONF.read_text())
+    raw["defaults"].update(copy.deepcopy(UNIFORM))
+    raw["defaults"].pop("deflector")
+    return raw
 
 
 def targets(n, start=0):
@@ -110,8 +118,8 @@ def test_parameter_distributions_match_the_priors(big):
     assert ks(sersic["sersic_q"], uni(d["sersic_q"])) > P_MIN
     assert ks(sersic["sersic_re_arcsec"], stats.loguniform(d["sersic_re_arcsec"]["low"],
                                                             d["sersic_re_arcsec"]["high"]).cdf) > P_MIN
-    counts = np.bincount(inj["src_index"].astype(int), minlength=BANK)
-    assert len(counts) == BANK and stats.chisquare(counts).pvalue > P_MIN
+    counts = np.bincount(inj["src_index"].astype(int), minlength=BANK.size)
+    assert len(counts) == BANK.size and stats.chisquare(counts).pvalue > P_MIN
 
 
 def test_ablation_repeats_the_cosmos_draws_with_twin_sources(big):
@@ -176,7 +184,7 @@ def test_config_hashes_and_locations():
     planc = priors.parse_config(changed)
     assert all(a != b for a, b in zip(manifest.config_hashes(planc, BANK), base_hashes))
     assert manifest.manifest_hash(planc, BANK) != base_loc
-    assert manifest.manifest_hash(plan, BANK + 1) != base_loc  # another bank -> another manifest
+    assert manifest.manifest_hash(plan, manifest.BankSources(size=58)) != base_loc  # another bank -> another manifest
 
 
 @pytest.mark.parametrize("edit, message", [

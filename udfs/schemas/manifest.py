@@ -43,7 +43,15 @@ def _arc_fields() -> list[pa.Field]:
             _field("src_index", _I), _field("src_phi", _D, _RAD), _field("src_mag_r", _D, "mag (AB)"),
             _field("src_z", _D, _ONE),
             _field("sersic_n", _D, _ONE), _field("sersic_re_arcsec", _D, _ARCSEC),
-            _field("sersic_q", _D, _ONE), _field("sersic_phi", _D, _RAD)]
+            _field("sersic_q", _D, _ONE), _field("sersic_phi", _D, _RAD),
+            *deflector_fields()]
+
+
+def deflector_fields() -> list[pa.Field]:
+    """The deflector a ``lens_mode: deflector`` task derived from its host (null otherwise)."""
+    return [_field("z_l", _D, _ONE), _field("zl_source", _S), _field("sigma_v", _D, "km/s"),
+            _field("host_abs_mag_r", _D, "mag (AB)"), _field("light_q", _D, _ONE),
+            _field("light_phi", _D, _RAD)]
 
 
 def _tail_fields() -> list[pa.Field]:

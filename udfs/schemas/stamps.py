@@ -18,6 +18,7 @@ import json
 
 import pyarrow as pa
 
+from udfs.schemas.manifest import deflector_fields
 from udfs.survey.bands import SURVEY_BANDS
 
 WHAT = "the stage-5 stamps dataset"
@@ -46,7 +47,8 @@ def truth_fields(bands: str = SURVEY_BANDS) -> list[tuple[str, pa.DataType, str]
             + [(f"src_mag_{b}", _D, _MAG) for b in bands]
             + [("sersic_n", _D, _ONE), ("sersic_re_arcsec", _D, _ARCSEC), ("sersic_q", _D, _ONE),
                ("sersic_phi", _D, _RAD), ("src_gini", _D, _ONE), ("src_m20", _D, _ONE),
-               ("src_clumpiness", _D, _ONE), ("src_hlr_arcsec", _D, _ARCSEC)])
+               ("src_clumpiness", _D, _ONE), ("src_hlr_arcsec", _D, _ARCSEC)]
+            + [(f.name, f.type, (f.metadata or {}).get(b"unit", b"").decode()) for f in deflector_fields()])
 
 
 def condition_fields(bands: str = SURVEY_BANDS) -> list[tuple[str, pa.DataType, str]]:

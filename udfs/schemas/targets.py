@@ -7,6 +7,10 @@ and meanings are in each field's metadata (``unit``, ``doc``); the schema itself
 - magnitudes: extinction-corrected AB, null when the flux is <= 0 (not detected);
 - ``psf_fwhm_<band>`` always finite and > 0, ``psf_fwhm_source`` = ``"g=<m>,r=<m>,z=<m>"`` with m in
   psfsize | depth_ratio | nominal (:mod:`udfs.survey.psf_size`);
+- shape: the Tractor model's ``shape_r, shape_e1, shape_e2`` (DR9+ ``SHAPE_*``; DR8 the DEV or EXP
+  columns of its type, the dominant one for COMP; 0 for PSF), as on the sky;
+- ``z_l``: the photo-z companion file's ``Z_PHOT_MEDIAN`` when given, else the red-sequence colour
+  estimate of :func:`udfs.lensing.deflector.colour_redshift`; ``zl_source`` says which;
 - ``healpix``: NESTED pixel at ``healpix_nside``; ``split``: train/val/test (or as configured), one
   label per cell (:mod:`udfs.targets.splits`).
 """
@@ -36,6 +40,15 @@ def target_fields() -> list[pa.Field]:
         field("ra", pa.float64(), "deg", "right ascension, ICRS"),
         field("dec", pa.float64(), "deg", "declination, ICRS"),
         field("type", pa.string(), "", "Tractor morphological TYPE"),
+        field("shape_r", pa.float64(), "arcsec", "half-light radius of the Tractor model (0 for PSF)"),
+        field("shape_e1", pa.float64(), "", "Tractor ellipticity e1 (|e| = (1-q)/(1+q); sky frame, see "
+              "udfs.lensing.deflector.tractor_to_stamp)"),
+        field("shape_e2", pa.float64(), "", "Tractor ellipticity e2"),
+        field("shape_source", pa.string(), "", "where the shape came from: shape | shapedev | shapeexp | "
+              "round (PSF) | assigned:<rule>"),
+        field("z_l", pa.float64(), "", "lens (host) redshift"),
+        field("zl_source", pa.string(), "", "pz_file:<file> | colour_estimate | <catalogue>:z_spec | "
+              "<catalogue>:z_phot_mean | lenscat:zlens"),
         *[field(f"mag_{m}", pa.float64(), "mag",
                 f"{m} extinction-corrected AB magnitude; null when the flux is <= 0") for m in MAG_BANDS],
         *[field(f"psf_fwhm_{x}", pa.float64(), "arcsec", f"{x} PSF FWHM") for x in b],
@@ -62,5 +75,7 @@ TARGET_COLUMNS = tuple(TARGET_SCHEMA.names)
 # What the stage-3 manifest reads from a targets dataset (every row must have them non-null).
 MANIFEST_INPUT_COLUMNS = ("target_id", "ra", "dec", "brickname", "split",
                           *(f"psf_fwhm_{x}" for x in SURVEY_BANDS))
+# What stage 3 also reads when a config derives the deflector from its host (lens_mode deflector).
+DEFLECTOR_INPUT_COLUMNS = ("mag_r", "z_l", "zl_source", "shape_e1", "shape_e2")
 # May be null in an LRG target row (an undetected band); every other column is always set.
 NULLABLE_LRG_COLUMNS = tuple(f"mag_{m}" for m in MAG_BANDS)

@@ -134,3 +134,18 @@ def read_bank_info(uri: str) -> BankInfo:
 def load_bank(uri: str) -> SourceBank:
     """Cached :func:`read_bank`: one copy per Python worker process."""
     return read_bank(uri)
+
+
+def read_bank_meta(uri: str, columns) -> dict[str, np.ndarray]:
+    """Only the named ``meta`` columns of a bank (local or ``s3://``, read by seeking; never the
+    images); :class:`BankError` names a missing column."""
+    try:
+        raw = storage.open_input(uri)
+    except FileNotFoundError as exc:
+        raise BankError(f"{uri}: not a readable HDF5 source bank ({exc})") from exc
+    with raw, _open(raw, uri) as f:
+        meta = f["meta"] if "meta" in f else {}
+        missing = [c for c in columns if c not in meta]
+        if missing:
+            raise BankError(f"{uri}: bank meta lacks column {missing[0]!r}")
+        return {c: meta[c][...] for c in columns}

@@ -4,6 +4,20 @@
 of the manifest (:mod:`udfs.stamps.manifest` turns it into tasks). Every key is required, unknown
 keys are errors, and errors name the file and the dotted key (:class:`udfs.config.checker.Checker`).
 Each sampled parameter must lie in its physical support ``SUPPORT``: ``(low, high, low_open)``.
+
+Modes (per config):
+
+- ``lens_mode``: ``deflector`` (the default of the shipped configs) derives theta_E, the mass axis
+  ratio and angle from the target's light and redshift (:mod:`udfs.lensing.deflector`, settings in
+  ``deflector``); ``uniform`` draws ``theta_e`` and ``lens_q`` from their priors (completeness grids).
+- ``src_redshift``: ``own`` keeps each bank galaxy at its own photo-z (only galaxies behind the lens
+  are drawn); ``prior`` moves it to a ``src_z`` draw (above the lens in deflector mode).
+- ``src_brightness``: ``own`` keeps the galaxy's own unlensed r (moved through its SED when its
+  redshift is moved); ``prior`` draws ``src_mag_r``.
+
+A config entry may not set a prior its modes do not use (``theta_e``/``lens_q`` in deflector mode,
+``src_z`` with ``own`` redshifts, ``src_mag_r`` with ``own`` brightness); such defaults are left out
+of the config (and its hash).
 """
 from __future__ import annotations
 
@@ -17,6 +31,8 @@ from udfs.config.checker import Checker, load_yaml
 from udfs.config.limits import SERSIC_N_RANGE
 
 SRC_MODES = ("cosmos", "sersic")
+LENS_MODES = ("deflector", "uniform")
+OWN_OR_PRIOR = ("own", "prior")
 # Physical support of each sampled parameter: (low, high, low_open).
 SUPPORT = {
     "theta_e": (0.0, 10.0, True),
@@ -30,6 +46,9 @@ SUPPORT = {
 }
 SERSIC_PARAMS = ("sersic_n", "sersic_re_arcsec", "sersic_q")
 COMMON_PARAMS = ("theta_e", "lens_q", "shear_gamma", "src_mag_r", "src_z")
+DEFLECTOR_KEYS = ("sigma_star_kms", "alpha", "mstar_r_minus_5logh", "mstar_z", "evolution_mag_per_z",
+                  "scatter_dex", "cross_section_weighting", "lens_q_scatter", "lens_pa_scatter_deg",
+                  "min_source_dz")
 
 @dataclass(frozen=True)
 class Prior:
@@ -51,6 +70,21 @@ class Prior:
             return truncnorm.ppf(u, a, b, loc=p["mean"], scale=p["sigma"])
         return np.full(len(u), float(p["value"]))
 
+    def cdf(self, x: np.ndarray) -> np.ndarray:
+        """The prior's cumulative distribution at ``x`` (the inverse of :meth:`ppf`)."""
+        p, x = self.params, np.asarray(x, dtype=float)
+        if self.dist == "uniform":
+            return np.clip((x - p["low"]) / (p["high"] - p["low"]), 0.0, 1.0)
+        if self.dist == "loguniform":
+            ratio = np.log(np.maximum(x, p["low"]) / p["low"]) / math.log(p["high"] / p["low"])
+            return np.clip(ratio, 0.0, 1.0)
+        if self.dist == "normal":
+            from scipy.stats import truncnorm
+
+            a, b = self._ab()
+            return truncnorm.cdf(x, a, b, loc=p["mean"], scale=p["sigma"])
+        return (x >= p["value"]).astype(float)
+
     def _ab(self) -> tuple[float, float]:
         p = self.params
         lo = -np.inf if p.get("low") is None else (p["low"] - p["mean"]) / p["sigma"]
@@ -66,6 +100,22 @@ class Prior:
 
 
 @dataclass(frozen=True)
+class Deflector:
+    """The ``deflector`` block: the sigma-L relation and how mass follows light (see
+    :mod:`udfs.lensing.deflector`). Velocity dispersions in km/s, angles in degrees."""
+    sigma_star_kms: float
+    alpha: float
+    mstar_r_minus_5logh: float
+    mstar_z: float
+    evolution_mag_per_z: float
+    scatter_dex: float
+    cross_section_weighting: bool         # draw sigma as lenses are found: weighted by theta_E^2 ~ sigma^4
+    lens_q_scatter: float                 # Gaussian scatter of the mass axis ratio about the light's
+    lens_pa_scatter_deg: float            # Gaussian scatter of the mass angle about the light's
+    min_source_dz: float                  # sources lie at z_s >= z_l + this
+
+
+@dataclass(frozen=True)
 class InjectionConfig:
     name: str
     src_mode: str
@@ -74,6 +124,10 @@ class InjectionConfig:
     r_max_over_theta_e: float
     merged: dict                          # validated mapping of this config (hashed)
     ablation_of: str | None = None        # draw every parameter as this (earlier) config does
+    lens_mode: str = "uniform"
+    src_redshift: str = "prior"
+    src_brightness: str = "prior"
+    deflector: Deflector | None = None
 
 
 @dataclass(frozen=True)
@@ -134,7 +188,8 @@ def parse_config(raw: dict, source: str = "<config>") -> ManifestPlan:
     entries = c.get(raw, "configs", "configs")
     if not isinstance(entries, list) or not entries:
         raise c.fail("configs", "expected a non-empty list of configs (each with a 'name')")
-    allowed = {"src_mode", "src_position", *COMMON_PARAMS, *SERSIC_PARAMS}
+    allowed = {"src_mode", "src_position", "lens_mode", "deflector", "src_redshift", "src_brightness",
+               *COMMON_PARAMS, *SERSIC_PARAMS}
     c.unknown(defaults, allowed, "defaults")
     configs, names = [], set()
     for i, entry in enumerate(entries):
@@ -153,7 +208,19 @@ def parse_config(raw: dict, source: str = "<config>") -> ManifestPlan:
         merged.update(copy.deepcopy({k: v for k, v in entry.items() if k != "name"}))
         where = lambda k: f"{key}.{k}" if k in entry else f"defaults.{k}"  # noqa: E731
         mode = c.string(merged, "src_mode", where("src_mode"), choices=SRC_MODES)
-        params = COMMON_PARAMS + (SERSIC_PARAMS if mode == "sersic" else ())
+        lens_mode = c.string(merged, "lens_mode", where("lens_mode"), choices=LENS_MODES)
+        src_z_mode = c.string(merged, "src_redshift", where("src_redshift"), choices=OWN_OR_PRIOR)
+        src_b_mode = c.string(merged, "src_brightness", where("src_brightness"), choices=OWN_OR_PRIOR)
+        params = _used_params(lens_mode, src_z_mode, src_b_mode) + (SERSIC_PARAMS if mode == "sersic" else ())
+        for p in sorted(set(COMMON_PARAMS) - set(params)):
+            if p in entry:
+                raise c.fail(where(p), f"not used with lens_mode {lens_mode}, src_redshift {src_z_mode}, "
+                                       f"src_brightness {src_b_mode}: remove it")
+        deflector = None
+        if lens_mode == "deflector":
+            deflector = _deflector(c, c.mapping(merged, "deflector", where("deflector")), where("deflector"))
+        elif "deflector" in entry:
+            raise c.fail(where("deflector"), "only used with lens_mode deflector: remove it")
         priors = {p: _prior(c, c.get(merged, p, where(p)), where(p), p) for p in params}
         pos = c.get(merged, "src_position", where("src_position"))
         if not isinstance(pos, dict):
@@ -164,11 +231,33 @@ def parse_config(raw: dict, source: str = "<config>") -> ManifestPlan:
                         lo=0, hi=3, lo_open=True)
         if rmin >= rmax:
             raise c.fail(where("src_position"), f"r_min_over_theta_e ({rmin}) must be below r_max ({rmax})")
-        kept = {k: merged[k] for k in ("src_mode", "src_position", *params)}
+        kept = {k: merged[k] for k in ("src_mode", "src_position", "lens_mode", "src_redshift",
+                                       "src_brightness", *(("deflector",) if deflector else ()), *params)}
         configs.append(InjectionConfig(name=name, src_mode=mode, priors=priors, r_min_over_theta_e=rmin,
-                                       r_max_over_theta_e=rmax, merged={"name": name, **kept}))
+                                       r_max_over_theta_e=rmax, merged={"name": name, **kept},
+                                       lens_mode=lens_mode, src_redshift=src_z_mode, src_brightness=src_b_mode,
+                                       deflector=deflector))
     return ManifestPlan(version=version, replicates=replicates, paired_controls=paired,
                         bank_size=bank_size, n_buckets=n_buckets, configs=tuple(configs), raw=raw)
+
+
+def _used_params(lens_mode: str, src_redshift: str, src_brightness: str) -> tuple[str, ...]:
+    """The common priors a config with these modes draws from."""
+    return tuple(p for p in COMMON_PARAMS if not (
+        (p in ("theta_e", "lens_q") and lens_mode == "deflector")
+        or (p == "src_z" and src_redshift == "own") or (p == "src_mag_r" and src_brightness == "own")))
+
+
+def _deflector(c: Checker, raw: dict, key: str) -> Deflector:
+    c.unknown(raw, set(DEFLECTOR_KEYS), key)
+    num = lambda name, **kw: c.number(raw, name, f"{key}.{name}", **kw)  # noqa: E731
+    return Deflector(
+        sigma_star_kms=num("sigma_star_kms", lo=0, lo_open=True), alpha=num("alpha", lo=0, lo_open=True),
+        mstar_r_minus_5logh=num("mstar_r_minus_5logh", lo=-30, hi=-10), mstar_z=num("mstar_z", lo=0),
+        evolution_mag_per_z=num("evolution_mag_per_z", lo=-5, hi=5), scatter_dex=num("scatter_dex", lo=0, hi=1),
+        cross_section_weighting=c.boolean(raw, "cross_section_weighting", f"{key}.cross_section_weighting"),
+        lens_q_scatter=num("lens_q_scatter", lo=0, hi=1), lens_pa_scatter_deg=num("lens_pa_scatter_deg", lo=0, hi=90),
+        min_source_dz=num("min_source_dz", lo=0, hi=5))
 
 
 def _ablation(c: Checker, entry: dict, key: str, earlier: list[InjectionConfig]) -> InjectionConfig:
@@ -191,4 +280,6 @@ def _ablation(c: Checker, entry: dict, key: str, earlier: list[InjectionConfig])
     merged = {"name": entry["name"], "ablation_of": ref.merged, "src_mode": mode}
     return InjectionConfig(name=entry["name"], src_mode=mode, priors=ref.priors,
                            r_min_over_theta_e=ref.r_min_over_theta_e,
-                           r_max_over_theta_e=ref.r_max_over_theta_e, merged=merged, ablation_of=ref_name)
+                           r_max_over_theta_e=ref.r_max_over_theta_e, merged=merged, ablation_of=ref_name,
+                           lens_mode=ref.lens_mode, src_redshift=ref.src_redshift,
+                           src_brightness=ref.src_brightness, deflector=ref.deflector)

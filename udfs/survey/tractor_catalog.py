@@ -40,6 +40,9 @@ REQUIRED = (
 # PHOTSYS (sweeps), PSFSIZE_* (DR9+), GALDEPTH_* (used by the PSF-size fallback).
 OPTIONAL = ("BRICK_PRIMARY", "PHOTSYS", "PSFSIZE_G", "PSFSIZE_R", "PSFSIZE_Z",
             "GALDEPTH_G", "GALDEPTH_R", "GALDEPTH_Z")
+# Galaxy shapes: DR9+ SHAPE_*; DR8 the DEV and EXP columns (and FRACDEV for COMP).
+SHAPE_COLUMNS = ("SHAPE_R", "SHAPE_E1", "SHAPE_E2", "SHAPEDEV_R", "SHAPEDEV_E1", "SHAPEDEV_E2",
+                 "SHAPEEXP_R", "SHAPEEXP_E1", "SHAPEEXP_E2", "FRACDEV")
 
 _RELEASES = {8000: ("DR8", "S"), 8001: ("DR8", "N"), 9010: ("DR9", "S"), 9011: ("DR9", "N"),
              9012: ("DR9", "S")}
@@ -108,7 +111,8 @@ def read_catalog(uri: str) -> Catalog:
                 raise CatalogError(f"{uri}: missing column{'s' if len(missing) > 1 else ''} "
                                    f"{', '.join(missing)} (needed by the LRG selection)")
             data = table.data
-            cols = {c: _native(np.asarray(data[names[c]])) for c in REQUIRED + OPTIONAL if c in names}
+            cols = {c: _native(np.asarray(data[names[c]])) for c in REQUIRED + OPTIONAL + SHAPE_COLUMNS
+                    if c in names}
     except FileNotFoundError as exc:
         raise CatalogError(f"{uri}: cannot open ({exc})") from exc
     except (OSError, EOFError, ValueError, TypeError, KeyError, IndexError) as exc:

@@ -76,6 +76,8 @@ def target_rows(ra, dec, *, ids, split: str, psf_nominal: dict, nside: int, extr
     df = pd.DataFrame({
         "target_id": list(ids), "release": none, "brickid": none, "objid": none,
         "brickname": [brick_at(a, d).name for a, d in zip(ra, dec)], "ra": ra, "dec": dec, "type": none,
+        "shape_r": none, "shape_e1": none, "shape_e2": none, "shape_source": none,
+        "z_l": extra.get("z_l", none), "zl_source": extra.get("zl_source", none),
         "mag_g": none, "mag_r": none, "mag_z": none, "mag_w1": none,
         **{f"psf_fwhm_{b}": np.full(n, float(psf_nominal[b])) for b in SURVEY_BANDS},
         "psf_fwhm_source": NOMINAL_PSF_SOURCE,
@@ -87,7 +89,7 @@ def target_rows(ra, dec, *, ids, split: str, psf_nominal: dict, nside: int, extr
     })
     for col in ANCHOR_EXTRA:
         df[col] = extra.get(col, none)
-    return df
+    return df[[c for c in ANCHOR_SCHEMA.names]]
 
 
 def crossmatch_to_lenscat(anchors: pd.DataFrame, cat: pd.DataFrame, radius_arcsec: float) -> pd.DataFrame:
@@ -203,6 +205,8 @@ def build_anchors(cfg: AnchorConfig, extra: list[PositionList], chash: str,
         ids=[f"lenscat:{r}:{n}" for r, n in zip(sel["catalog_row"], sel["name"])],
         split="anchor", source=lenscat_version,
         extra={"name": sel["name"].tolist(), "zlens": sel["zlens"].tolist(), "lens_type": sel["type"].tolist(),
+               "z_l": [None if not np.isfinite(z) else float(z) for z in sel["zlens"]],
+               "zl_source": [None if not np.isfinite(z) else "lenscat:zlens" for z in sel["zlens"]],
                "grading": sel["grading"].tolist(), "ref": sel["ref"].tolist(), "theta_e": [None] * len(sel),
                "catalog": [lenscat_version] * len(sel), "catalog_row": sel["catalog_row"].tolist()}, **common)
     frames, neg_counts = [anchors], {}

@@ -25,21 +25,25 @@ QUALITY_CUTS = ("q_brick_primary", "q_type", "q_maskbits", "q_nobs")
 TOTALS = ("data_releases", "photsys_applied", "psf_fwhm_sources")
 
 
-def file_selector(raw_config: dict, chash: str, version: str):
-    """mapInPandas body over a ``path`` column: one :data:`PER_FILE_DDL` row per catalogue file."""
+def file_selector(raw_config: dict, chash: str, version: str, photo_z_dir: str | None = None):
+    """mapInPandas body over a ``path`` column: one :data:`PER_FILE_DDL` row per catalogue file;
+    ``photo_z_dir``: the folder of the catalogues' photo-z companion files, if any."""
     def run(batches):
         cfg = lrg_cuts.parse_config(raw_config)
         for batch in batches:
             for path in batch["path"]:
-                yield _select_file(path, cfg, chash, version)
+                yield _select_file(path, cfg, chash, version, photo_z_dir)
     return run
 
 
-def _select_file(path: str, cfg: lrg_cuts.SelectionConfig, chash: str, version: str):
+def _select_file(path: str, cfg: lrg_cuts.SelectionConfig, chash: str, version: str, photo_z_dir: str | None):
     import pandas as pd
 
+    from udfs.targets.host_properties import photo_z_file
+
     try:
-        targets, steps, stats = select_targets(read_catalog(path), cfg, config_hash=chash, code_version=version)
+        targets, steps, stats = select_targets(read_catalog(path), cfg, config_hash=chash, code_version=version,
+                                               photo_z=photo_z_file(photo_z_dir, path))
     except CatalogError as exc:
         return pd.DataFrame({"path": [path], "error": [str(exc)], "funnel": [None], "targets": [None]})
     table = pa.Table.from_pandas(targets, schema=TARGET_SCHEMA, preserve_index=False)

@@ -9,6 +9,7 @@ import pandas as pd
 
 from udfs.schemas.targets import MAG_BANDS, TARGET_SCHEMA
 from udfs.targets import lrg_cuts, splits
+from udfs.targets.host_properties import lens_redshifts, tractor_shapes
 from udfs.survey.psf_size import psf_fwhm
 from udfs.survey.tractor_catalog import BANDS, Catalog
 
@@ -21,8 +22,9 @@ def target_id(release, brickid, objid) -> np.ndarray:
 
 
 def select_targets(cat: Catalog, cfg: lrg_cuts.SelectionConfig, *, config_hash: str,
-                   code_version: str) -> tuple[pd.DataFrame, list[tuple[str, int]], dict]:
-    """Apply the cuts to one catalogue; return ``(targets, funnel steps, stats)``."""
+                   code_version: str, photo_z: str | None = None) -> tuple[pd.DataFrame, list[tuple[str, int]], dict]:
+    """Apply the cuts to one catalogue; return ``(targets, funnel steps, stats)``. ``photo_z``: the
+    catalogue's photo-z companion file, if any (:mod:`udfs.targets.host_properties`)."""
     cols = cat.columns
     n = len(cat)
     north = lrg_cuts.use_north(cat.photsys, cfg.photsys)
@@ -35,6 +37,8 @@ def select_targets(cat: Catalog, cfg: lrg_cuts.SelectionConfig, *, config_hash: 
 
     sel = np.flatnonzero(keep)
     mags = lrg_cuts.extinction_corrected_mags(cols)
+    shapes = tractor_shapes(cols, cat.uri)
+    z_l, zl_source = lens_redshifts(cols, mags, photo_z, cat.uri)
     ra = cols["RA"][sel].astype(np.float64)
     dec = cols["DEC"][sel].astype(np.float64)
     cells = splits.healpix_cells(ra, dec, cfg.healpix_nside)
@@ -46,6 +50,8 @@ def select_targets(cat: Catalog, cfg: lrg_cuts.SelectionConfig, *, config_hash: 
         "brickname": cols["BRICKNAME"][sel].astype(str).astype(object),
         "ra": ra, "dec": dec,
         "type": cols["TYPE"][sel].astype(str).astype(object),
+        **{k: v[sel] for k, v in shapes.items()},
+        "z_l": z_l[sel], "zl_source": zl_source[sel],
         **{f"mag_{b}": mags[b][sel] for b in MAG_BANDS},
         **{f"psf_fwhm_{b}": fwhm[b][sel] for b in BANDS},
         "psf_fwhm_source": np.array([",".join(f"{b}={source[b][i]}" for b in BANDS) for i in sel],
@@ -71,5 +77,6 @@ def select_targets(cat: Catalog, cfg: lrg_cuts.SelectionConfig, *, config_hash: 
         "photsys_applied": {"N": int(north.sum()), "S": int(n - north.sum())},
         "psf_fwhm_sources": {f"{b}={str(m)}": int((source[b][sel] == m).sum())
                              for b in BANDS for m in np.unique(source[b][sel])},
+        "zl_sources": {str(k): int(v) for k, v in zip(*np.unique(zl_source[sel].astype(str), return_counts=True))},
     }
     return df[TARGET_SCHEMA.names], steps, stats
