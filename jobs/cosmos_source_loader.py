@@ -2,12 +2,19 @@
 
     .venv/bin/python -m jobs.cosmos_source_loader --cosmos-dir DIR --output bank.h5 \
         [--config conf/bank.yaml] [--max-galaxies N] [--seed S] [--workers W] \
-        [--exclusion-level LEVEL] [--mag-min M] [--mag-max M] [--hlr-min A] [--hlr-max A]
+        [--exclusion-level LEVEL] [--mag-min M] [--mag-max M] [--hlr-min A] [--hlr-max A] \
+        [--photometry FILE]
 
 The driver validates the catalogue and applies the catalogue-level cuts; Spark renders the
 remaining galaxies in ``--workers`` partitions (:func:`udfs.sources.bank_build.render_rows`; an
 ``s3://`` catalogue is staged once per Python worker, each task returns plain arrays); the driver
 writes the bank in catalogue order through ``udfs.io.storage`` (local or s3://) and prints a summary. Layout: :mod:`udfs.sources.bank`.
+
+``--photometry FILE`` (FITS, CSV, TSV or Parquet; e.g. COSMOS2020 with HSC g/r/i/z/y and a photo-z;
+columns in the config's ``photometry`` section) is cross-matched by sky position with the
+catalogue's RA/DEC on the driver; matched galaxies take its photo-z (before the ``bad_zphot`` cut)
+and magnitudes, unmatched ones keep the catalogue route, counted in the summary and labelled per
+galaxy (``colour_source``, ``phot_sep_arcsec`` NaN). Routes: :mod:`udfs.sources.bank_photometry`.
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ from jobs.cli import job_main
 from udfs.config import bank as bank_config
 from udfs.config.provenance import REPO_ROOT, code_version, config_hash
 from udfs.io import storage
-from udfs.sources import bank_build
+from udfs.sources import bank_build, bank_photometry
 from udfs.sources.cosmos_catalog import open_catalog, staged_directory
 
 DEFAULT_CONFIG = str(REPO_ROOT / "conf" / "bank.yaml")
@@ -42,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hlr-min", type=float, default=None, help="half-light radius range, arcsec (overrides config)")
     p.add_argument("--hlr-max", type=float, default=None)
     p.add_argument("--max-neighbour-flux-ratio", type=float, default=None)
+    p.add_argument("--photometry", default=None,
+                   help="external photometric catalogue (FITS/CSV/TSV/Parquet, local or s3://) to cross-match")
     args = p.parse_args(argv)
     if args.max_galaxies is not None and args.max_galaxies < 1:
         p.error("--max-galaxies must be >= 1")
@@ -101,13 +110,13 @@ def _load_config(args: argparse.Namespace) -> bank_config.BankConfig:
 
 
 def _attrs(cfg: bank_config.BankConfig, args: argparse.Namespace, catalog_name: str, n_considered: int,
-           rejected: dict[str, int]) -> dict:
+           rejected: dict[str, int], phot_counts: dict) -> dict:
     """The bank's HDF5 attributes: provenance, the run's config and the selection counts."""
     run_config = {**cfg.as_dict(), "cosmos_dir": args.cosmos_dir, "max_galaxies": args.max_galaxies,
-                  "seed": args.seed}
+                  "seed": args.seed, "photometry_file": args.photometry}
     return {"pixel_scale_arcsec": float(cfg.render.pixel_scale_arcsec), "code_version": code_version(),
             "config": run_config, "config_hash": config_hash(run_config), "catalog_name": catalog_name,
-            "n_considered": n_considered, "rejected_counts": rejected}
+            "n_considered": n_considered, "rejected_counts": rejected, "photometry_counts": phot_counts}
 
 
 @job_main
@@ -117,11 +126,15 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     cat = open_catalog(staged_directory(args.cosmos_dir))
     rows = bank_build.considered_rows(cat, args.max_galaxies, args.seed)
-    pre = bank_build.catalogue_cuts(cat, cfg)[rows]
+    ext = bank_photometry.match_catalog(args.photometry, cfg.photometry, cat) if args.photometry else None
+    pre = bank_build.catalogue_cuts(cat, cfg, bank_photometry.effective_zphot(cat, ext))[rows]
     todo = [int(i) for i in rows[pre < 0]]
     results = _run_spark(args.cosmos_dir, todo, cfg, args.seed, args.workers) if todo else []
     images, meta, rejected = bank_build.assemble(results, pre, cfg)
-    blob = bank_build.write_bank(images, meta, _attrs(cfg, args, cat.file_name, len(rows), rejected), cfg.output)
+    meta.update(bank_photometry.sed_columns(meta, cat, ext, cfg.cosmology))
+    phot = bank_photometry.counts(meta, ext)
+    blob = bank_build.write_bank(images, meta, _attrs(cfg, args, cat.file_name, len(rows), rejected, phot),
+                                 cfg.output)
     storage.write_bytes(args.output, blob)
     print(f"COSMOS source bank: {args.output}")
     print(f"  catalogue  {cat.path}")
@@ -129,6 +142,12 @@ def main(argv=None) -> int:
     for reason, n in rejected.items():
         if n:
             print(f"  rejected   {n:6d}  {reason}")
+    if ext is not None:
+        med = "n/a" if phot["median_sep_arcsec"] is None else f'{phot["median_sep_arcsec"]:.3f}"'
+        print(f"  photometry {args.photometry}: matched {phot['matched']}/{phot['galaxies']} within "
+              f"{cfg.photometry.match_radius_arcsec}\" (median separation {med}), used {phot['used']}, "
+              f"{phot['unmatched']} unmatched and {phot['matched_unusable']} without photo-z/bands keep the "
+              "catalogue route")
     print(f"  time {round(time.perf_counter() - start, 1)} s, file size {len(blob) / 1e6:.2f} MB")
     return 0
 

@@ -197,3 +197,132 @@ def test_bank_config_error_names_file_and_key(btk, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and f"{bad}: render.stamp_size: must be even" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_bank_carries_absolute_sed_and_decam_mags(bank):
+    """New photometry columns: DECam mags at zphot consistent with g_r/r_z, sed_coeff (N, 4) whose
+    r at zphot is mag_r (to 1e-6), catalogue route labels, no match separations."""
+    from udfs.sources import sed
+
+    n = len(bank)
+    assert bank.meta["sed_coeff"].shape == (n, 4) and np.all(bank.meta["sed_coeff"] >= 0)
+    np.testing.assert_allclose(bank.meta["g_r"], bank.meta["mag_g"] - bank.meta["mag_r"], atol=1e-12)
+    np.testing.assert_allclose(bank.meta["r_z"], bank.meta["mag_r"] - bank.meta["mag_z"], atol=1e-12)
+    at = sed.magnitudes_at(bank.meta["sed_coeff"], bank.meta["zphot"], "Planck18")
+    np.testing.assert_allclose(at[:, 1], bank.meta["mag_r"], atol=1e-6)
+    assert np.all(np.abs(bank.meta["mag_r"] - bank.meta["mag_f814w"]) < 1.5)   # r - I of galaxies
+    assert set(bank.meta["zphot_source"].astype(str)) == {"catalogue"}
+    assert np.all(np.isnan(bank.meta["phot_sep_arcsec"]))
+
+
+def _photometry_file(btk, path, drop=(3, 11, 40), seed=5):
+    """An external catalogue made from btk_ext26 (default conf/bank.yaml column names): rows
+    shuffled, positions jittered by 0.1-0.25", photo-z + 0.05 and r - 0.02 (to tell it from the
+    catalogue's own), ``drop`` rows removed, a far decoy added. Returns the true jitters (arcsec)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+    from astropy.table import Table
+
+    from udfs.config import bank as bank_config
+    from udfs.config.provenance import REPO_ROOT
+
+    pc = bank_config.load(str(REPO_ROOT / "conf" / "bank.yaml")).photometry
+    main = Table.read(f"{btk}/real_galaxy_catalog_26_extension_example.fits")
+    comp = Table.read(f"{btk}/real_galaxy_catalog_26_extension_example_fits.fits")
+    rng = np.random.default_rng(seed)
+    n = len(main)
+    jitter, angle = rng.uniform(0.1, 0.25, n), rng.uniform(0, 2 * np.pi, n)
+    dec = np.asarray(main["DEC"], float) + jitter * np.sin(angle) / 3600
+    ra = np.asarray(main["RA"], float) + jitter * np.cos(angle) / 3600 / np.cos(np.radians(dec))
+    cols = {pc.ra_column: ra, pc.dec_column: dec, pc.zphot_column: np.asarray(comp["ZPHOT"], float) + 0.05}
+    for (filt, col), band in zip(pc.mag_columns, "grizy"):
+        cols[col] = np.asarray(comp[f"HSC_{band}"], float) - (0.02 if band == "r" else 0.0)
+    keep = rng.permutation(np.setdiff1d(np.arange(n), drop))
+    cols = {k: np.append(v[keep], v[0] + (1.0 if k == pc.ra_column else 0.0)) for k, v in cols.items()}
+    table = pa.table(cols)
+    if str(path).endswith(".parquet"):
+        pq.write_table(table, path)
+    elif str(path).endswith(".csv"):
+        pacsv.write_csv(table, path)
+    else:
+        Table({k: table.column(k).to_numpy() for k in table.column_names}).write(path)
+    return jitter
+
+
+@pytest.mark.parametrize("ext", ["fits", "csv", "parquet"])
+def test_cross_match_finds_own_rows_and_labels_unmatched(btk, tmp_path, ext):
+    """Every kept galaxy matches its own (shuffled, jittered) row: separation = the applied jitter
+    (to 1 mas, all < 0.3"), its photo-z and magnitudes are the file's; the 3 dropped ones are
+    unmatched (NaN), keep the catalogue route and zphot, and are counted; the decoy matches nothing."""
+    from udfs.config import bank as bank_config
+    from udfs.config.provenance import REPO_ROOT
+    from udfs.sources import bank_photometry
+    from udfs.sources.cosmos_catalog import open_catalog
+
+    cfg = bank_config.load(str(REPO_ROOT / "conf" / "bank.yaml"))
+    path = str(tmp_path / f"phot.{ext}")
+    jitter = _photometry_file(btk, path)
+    cat = open_catalog(btk)
+    m = bank_photometry.match_catalog(path, cfg.photometry, cat)
+    dropped = np.zeros(len(cat), bool)
+    dropped[[3, 11, 40]] = True
+    assert np.all(np.isnan(m.sep_arcsec[dropped])) and not m.usable[dropped].any()
+    np.testing.assert_allclose(m.sep_arcsec[~dropped], jitter[~dropped], atol=1e-3)
+    assert np.all(m.sep_arcsec[~dropped] < 0.3) and m.usable[~dropped].all()
+    np.testing.assert_allclose(m.zphot[~dropped], cat.zphot()[~dropped] + 0.05, rtol=1e-6)
+    np.testing.assert_allclose(m.mags[~dropped], cat.hsc_mags()[~dropped] - [0, 0.02, 0, 0, 0], atol=1e-5)
+
+    idx = np.arange(len(cat))
+    meta = {"catalog_index": idx, "zphot": cat.zphot(), "sersic_n": np.ones(len(cat)),
+            "mag_f814w": np.asarray(cat.main["MAG"], float)}
+    cols = bank_photometry.sed_columns(meta, cat, m, cfg.cosmology)
+    assert set(cols["colour_source"][~dropped]) == {"external_photometry"}
+    assert set(cols["colour_source"][dropped]) == {"hsc_photometry"}
+    assert set(cols["zphot_source"][~dropped]) == {f"phot.{ext}"} and set(cols["zphot_source"][dropped]) == {"catalogue"}
+    np.testing.assert_allclose(cols["zphot"][dropped], cat.zphot()[dropped])
+    np.testing.assert_allclose(cols["zphot"][~dropped], cat.zphot()[~dropped] + 0.05, rtol=1e-6)
+    counts = bank_photometry.counts(cols, m)
+    assert (counts["matched"], counts["unmatched"], counts["used"]) == (97, 3, 97)
+    assert counts["median_sep_arcsec"] == pytest.approx(np.median(jitter[~dropped]), abs=1e-3)
+
+
+def test_job_with_photometry_writes_matched_columns(btk, bank, tmp_path, capsys):
+    """End to end: --photometry labels and counts the bank's galaxies; the summary line says so."""
+    import json
+
+    phot = tmp_path / "phot.parquet"
+    _photometry_file(btk, phot, drop=tuple(int(i) for i in bank.meta["catalog_index"][:2]))
+    out = tmp_path / "bank.h5"
+    assert cosmos_source_loader.main(["--cosmos-dir", btk, "--output", str(out), "--photometry", str(phot),
+                                      *ARGS]) == 0
+    n = len(bank)
+    assert f"matched {n - 2}/{n} within 0.5\"" in capsys.readouterr().out
+    got = read_bank(str(out))
+    np.testing.assert_array_equal(got.meta["ident"], bank.meta["ident"])   # +0.05 in z keeps the selection
+    src = got.meta["colour_source"].astype(str)
+    assert list(src[:2]) == ["hsc_photometry"] * 2 and set(src[2:]) == {"external_photometry"}
+    assert np.all(np.isnan(got.meta["phot_sep_arcsec"][:2])) and np.all(got.meta["phot_sep_arcsec"][2:] < 0.3)
+    np.testing.assert_allclose(got.meta["zphot"][2:], bank.meta["zphot"][2:] + 0.05, rtol=1e-6)
+    counts = json.loads(got.attrs["photometry_counts"])
+    assert (counts["file"], counts["matched"], counts["unmatched"]) == ("phot.parquet", n - 2, 2)
+
+
+@pytest.mark.parametrize("case", ["unreadable", "missing_column"])
+def test_bad_photometry_file_exits_2_with_one_line(btk, tmp_path, capsys, case):
+    if case == "unreadable":
+        phot = tmp_path / "phot.fits"
+        phot.write_bytes(b"not a FITS file at all")
+        want = f"{phot}: cannot read the photometry catalogue"
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        phot = tmp_path / "phot.parquet"
+        pq.write_table(pa.table({"ALPHA_J2000": [150.0], "DELTA_J2000": [2.0], "lp_zBEST": [1.0]}), phot)
+        want = f"{phot}: no column 'HSC_g_MAG'"
+    out = tmp_path / "bank.h5"
+    rc = cosmos_source_loader.main(["--cosmos-dir", btk, "--output", str(out), "--photometry", str(phot)])
+    err = capsys.readouterr().err
+    assert rc == 2 and want in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()

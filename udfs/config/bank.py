@@ -3,11 +3,14 @@
 Every key is required and unknown keys are refused, so nothing is silently defaulted; errors are
 :class:`~udfs.config.checker.ConfigError` naming the file and the dotted key
 (``conf/bank.yaml: selection.mag_f814w_max: ...``). Units: magnitudes F814W AB, sizes arcsec,
-``dr10_psfdepth_r`` nanomaggy^-2, ``stamp_size`` and ``dilate_pix`` bank pixels.
+``dr10_psfdepth_r`` nanomaggy^-2, ``stamp_size`` and ``dilate_pix`` bank pixels. ``photometry``
+names the columns of an external catalogue given with ``--photometry`` (AB magnitudes per speclite
+filter, photo-z, RA/Dec in degrees) and the cross-match radius (arcsec).
 """
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import asdict, dataclass
 
 from udfs.config.checker import Checker, ConfigError, load_yaml
@@ -49,6 +52,16 @@ class Noise:
 
 
 @dataclass(frozen=True)
+class Photometry:
+    """An external photometric catalogue (``--photometry FILE``: FITS, CSV, TSV or Parquet)."""
+    ra_column: str                   # degrees (ICRS/J2000)
+    dec_column: str
+    mag_columns: tuple               # ((speclite filter name, AB magnitude column), ...)
+    zphot_column: str                # photometric redshift
+    match_radius_arcsec: float       # nearest neighbour within this radius, else unmatched
+
+
+@dataclass(frozen=True)
 class Output:
     images_per_chunk: int
     gzip_level: int
@@ -60,6 +73,7 @@ class BankConfig:
     render: RenderConfig
     noise: Noise
     output: Output
+    photometry: Photometry
     cosmology: str                   # an astropy realisation, e.g. Planck18
 
     def as_dict(self) -> dict:
@@ -67,7 +81,8 @@ class BankConfig:
         return asdict(self)
 
 
-_SECTIONS = ("selection", "render", "noise", "output")
+_SECTIONS = ("selection", "render", "noise", "output", "photometry")
+_FILTER_NAME = re.compile(r"^[A-Za-z0-9_]+-[A-Za-z0-9_]+$")   # speclite <group>-<band>
 
 
 def _selection(ck: Checker, raw: dict) -> Selection:
@@ -115,6 +130,26 @@ def _noise(ck: Checker, raw: dict) -> Noise:
                  max_variance_ratio=pos("max_variance_ratio"))
 
 
+def _photometry(ck: Checker, raw: dict) -> Photometry:
+    p = ck.mapping(raw, "photometry", "photometry")
+    ck.unknown(p, set(Photometry.__dataclass_fields__), "photometry")
+    col = lambda name: ck.string(p, name, f"photometry.{name}")  # noqa: E731
+    mags = ck.mapping(p, "mag_columns", "photometry.mag_columns")
+    if not mags:
+        raise ck.fail("photometry.mag_columns", "needs at least one {speclite filter: column} entry")
+    for band, column in mags.items():
+        if not isinstance(band, str) or not _FILTER_NAME.match(band):
+            raise ck.fail(f"photometry.mag_columns.{band}", "keys are speclite filter names <group>-<band>, "
+                                                            "e.g. hsc2017-g")
+        if not isinstance(column, str) or not column:
+            raise ck.fail(f"photometry.mag_columns.{band}", f"expected a column name, got {column!r}")
+    return Photometry(ra_column=col("ra_column"), dec_column=col("dec_column"),
+                      mag_columns=tuple((str(b), str(c)) for b, c in mags.items()),
+                      zphot_column=col("zphot_column"),
+                      match_radius_arcsec=ck.number(p, "match_radius_arcsec", "photometry.match_radius_arcsec",
+                                                    lo=0, lo_open=True, hi=10))
+
+
 def _cosmology(ck: Checker, raw: dict) -> str:
     from astropy.cosmology import realizations
 
@@ -134,7 +169,7 @@ def validate(raw: dict, source: str = "bank config") -> BankConfig:
     output = Output(images_per_chunk=ck.integer(o, "images_per_chunk", "output.images_per_chunk", lo=1),
                     gzip_level=ck.integer(o, "gzip_level", "output.gzip_level", lo=0, hi=9))
     return BankConfig(selection=_selection(ck, raw), render=_render(ck, raw), noise=_noise(ck, raw),
-                      output=output, cosmology=_cosmology(ck, raw))
+                      output=output, photometry=_photometry(ck, raw), cosmology=_cosmology(ck, raw))
 
 
 def load(uri: str, overrides: dict[str, dict] | None = None) -> BankConfig:

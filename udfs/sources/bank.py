@@ -4,10 +4,20 @@ Layout (written by ``jobs.cosmos_source_loader``):
 
 - dataset ``images``: float32 ``(N, S, S)``, each image sums to 1 (unit flux), galaxy centred at
   pixel ``((S-1)/2, (S-1)/2)``, axis 1 = y (row), axis 2 = x (column);
-- attributes ``pixel_scale_arcsec`` (float), ``code_version``, ``config`` (JSON), ``catalog_name``;
-- group ``meta``: one 1-D array of length N per column (``ident``, ``mag_f814w``, ``zphot``,
-  ``g_r``, ``r_z``, Sersic twin ``sersic_n``, ``sersic_hlr_arcsec``, ``sersic_q``,
-  ``sersic_phi_rad``, morphology statistics, ...).
+- attributes ``pixel_scale_arcsec`` (float), ``code_version``, ``config`` (JSON), ``catalog_name``,
+  ``rejected_counts`` and ``photometry_counts`` (JSON: the ``--photometry`` cross-match counts);
+- group ``meta``: one array of length N per column (``ident``, ``catalog_index``, ``mag_f814w``,
+  Sersic twin ``sersic_n``, ``sersic_hlr_arcsec``, ``sersic_q``, ``sersic_phi_rad``, morphology
+  statistics, ...) and the photometry columns (:mod:`udfs.sources.bank_photometry`):
+
+  - ``zphot`` (the redshift the galaxy sits at) and ``zphot_source`` (``catalogue`` or the
+    ``--photometry`` file's base name);
+  - ``mag_g``, ``mag_r``, ``mag_z``: DECam AB magnitudes of the unlensed galaxy at ``zphot``, and
+    ``g_r = mag_g - mag_r``, ``r_z = mag_r - mag_z``;
+  - ``colour_source``: ``external_photometry`` | ``hsc_photometry`` | ``cww_template``;
+  - ``phot_sep_arcsec``: separation to the matched ``--photometry`` row (NaN: not matched, or none given);
+  - ``sed_coeff``: float64 ``(N, 4)``, the absolute SED in the CWW basis (:mod:`udfs.sources.sed`;
+    ``magnitudes_at(sed_coeff, zphot)`` gives ``mag_r`` exactly and g, z within the fit residual).
 
 Executors load it once (``load_bank`` is cached per path) and pass plain arrays to the renderer;
 the driver reads only :func:`read_bank_info` (attributes, sizes and meta column names, never the

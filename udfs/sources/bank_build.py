@@ -1,5 +1,7 @@
-"""Build source-bank rows: selection, rendering, Sersic twin, morphology and colours per galaxy,
-and serialise them in the layout of :mod:`udfs.sources.bank`.
+"""Build source-bank rows: selection, rendering, Sersic twin and morphology per galaxy (the
+photometry columns, :data:`SED_COLUMNS`, are added on the driver by
+:func:`udfs.sources.bank_photometry.sed_columns`), and serialise them in the layout of
+:mod:`udfs.sources.bank`.
 
 Rejection reasons are checked in this fixed order (the first failing one is recorded):
 ``galsim_exclusion``, ``mag_out_of_range``, ``bad_zphot`` (catalogue-level, :func:`catalogue_cuts`),
@@ -18,7 +20,7 @@ import numpy as np
 
 from udfs.config.bank import BankConfig, Output, RenderConfig
 from udfs.config.limits import SERSIC_N_RANGE
-from udfs.sources import bank_noise, colours, morphology
+from udfs.sources import bank_noise, morphology
 from udfs.sources.bank_render import footprint, half_light_radius, inspect_original, render
 from udfs.sources.cosmos_catalog import CatalogError, CosmosCatalog, open_catalog, staged_directory
 
@@ -26,10 +28,15 @@ REASONS = ("galsim_exclusion", "mag_out_of_range", "bad_zphot", "psf_wider_than_
            "truncated_by_stamp_edge", "neighbour", "exceeds_bank_stamp", "hlr_out_of_range", "hst_noise",
            "morphology_failed", "sersic_fit_failed")
 
-# meta columns and their HDF5 dtypes (strings are fixed-width ASCII)
+# photometry columns (udfs.sources.bank_photometry) and their HDF5 dtypes; "S" = as wide as needed
+SED_COLUMNS = {
+    "zphot_source": "S", "phot_sep_arcsec": np.float64, "colour_source": "S24", "sed_coeff": np.float64,
+    "mag_g": np.float64, "mag_r": np.float64, "mag_z": np.float64, "g_r": np.float64, "r_z": np.float64,
+}
+# meta columns and their HDF5 dtypes (strings are fixed-width ASCII); sed_coeff is (N, 4)
 META_COLUMNS = {
     "ident": np.int64, "catalog_index": np.int64, "mag_f814w": np.float64, "zphot": np.float64,
-    "g_r": np.float64, "r_z": np.float64, "colour_source": "S16",
+    **SED_COLUMNS,
     "sersic_n": np.float64, "sersic_hlr_arcsec": np.float64, "sersic_q": np.float64,
     "sersic_phi_rad": np.float64, "sersic_source": "S16", "sersic_flag": np.int8,
     "sersic_psf_convolved": np.int8,
@@ -43,13 +50,14 @@ META_COLUMNS = {
 }
 
 
-def catalogue_cuts(cat: CosmosCatalog, cfg: BankConfig) -> np.ndarray:
-    """Reason index per catalogue row for the catalogue-level cuts (-1 = passes them)."""
+def catalogue_cuts(cat: CosmosCatalog, cfg: BankConfig, zphot: np.ndarray | None = None) -> np.ndarray:
+    """Reason index per catalogue row for the catalogue-level cuts (-1 = passes them); ``zphot``
+    replaces the catalogue's photo-z (e.g. from ``--photometry``)."""
     sel = cfg.selection
     reason = np.full(len(cat), -1, dtype=int)
     keep = galsim_exclusion_mask(cat, sel.exclusion_level)
     mag = np.asarray(cat.main["MAG"], dtype=float)
-    z = cat.zphot()
+    z = cat.zphot() if zphot is None else np.asarray(zphot, dtype=float)
     checks = [~keep, ~((mag >= sel.mag_f814w_min) & (mag <= sel.mag_f814w_max)),
               ~((z >= sel.zphot_min) & (z <= sel.zphot_max))]
     for k, failed in enumerate(checks):
@@ -138,9 +146,6 @@ def process_galaxy(cat: CosmosCatalog, rgc: galsim.RealGalaxyCatalog, index: int
     row.update({k: morph[k] for k in ("gini", "m20", "clumpiness", "asymmetry", "concentration", "morph_flag")})
     row.update(twin)
     row.update(_twin_morphology(twin, rend, rc, rng))
-
-    hsc = cat.hsc_mags()[index] if cat.has_hsc_photometry else None
-    row["g_r"], row["r_z"], row["colour_source"] = colours.galaxy_colours(row["zphot"], hsc, twin["sersic_n"])
     return "selected", row, rend.image.astype(np.float32)
 
 
@@ -222,8 +227,9 @@ def considered_rows(cat: CosmosCatalog, max_galaxies: int | None, seed: int) -> 
 
 def assemble(results: list, pre_reasons: np.ndarray, cfg: BankConfig
              ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, int]]:
-    """``(images (N, S, S) float32, meta columns, rejected counts per reason)`` from the rendered
-    ``results`` (sorted by index) and the catalogue-cut reasons of the considered rows."""
+    """``(images (N, S, S) float32, meta columns but :data:`SED_COLUMNS`, rejected counts per
+    reason)`` from the rendered ``results`` (sorted by index) and the catalogue-cut reasons of the
+    considered rows."""
     counts = collections.Counter(REASONS[r] for r in pre_reasons if r >= 0)
     size = cfg.render.stamp_size
     images, metas = [], []
@@ -233,7 +239,8 @@ def assemble(results: list, pre_reasons: np.ndarray, cfg: BankConfig
             images.append(np.frombuffer(image, dtype=np.float32).reshape(size, size))
         else:
             counts[status] += 1
-    meta = {name: np.array([m[name] for m in metas]) if metas else np.zeros(0) for name in META_COLUMNS}
+    meta = {name: np.array([m[name] for m in metas]) if metas else np.zeros(0)
+            for name in META_COLUMNS if name not in SED_COLUMNS}
     stack = np.stack(images) if images else np.zeros((0, size, size), np.float32)
     return stack, meta, {k: int(counts.get(k, 0)) for k in REASONS}
 

@@ -13,6 +13,9 @@ Two routes, recorded per galaxy in ``colour_source``:
   through the DECam curves.
 
 Filter curves come from ``speclite``; templates are F_lambda tables in GalSim's ``share/SEDs``.
+The bank builder now stores each galaxy's absolute SED and its DECam magnitudes through
+:mod:`udfs.sources.sed` and :mod:`udfs.sources.bank_photometry` (same two routes, plus external
+photometry); the per-galaxy functions here remain as the reference implementation.
 """
 from __future__ import annotations
 
