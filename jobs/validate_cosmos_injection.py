@@ -1,7 +1,7 @@
 """Stage 6: validate a stamps dataset (QA report, flux accounting, shortcut gates, pictures).
 
     python -m jobs.validate_cosmos_injection --stamps PATH --output report.json
-        [--compare OTHER_PATH] [--config conf/validation.yaml] [--strict]
+        [--compare OTHER_PATH] [--real CUTOUTS] [--config conf/validation.yaml] [--strict]
 
 PATH: the stage-5 stamps dataset (local or s3://, ``split=`` folders). Spark reads one task per
 file with pyarrow (:func:`udfs.qa.report.read_task`): per-row checks, then a full outer join of
@@ -10,7 +10,11 @@ injected and control rows on ``pair_id`` for flux accounting and the shortcut-ga
 report by :mod:`udfs.qa.report_sections`. Writes the JSON report and, beside it,
 ``<stem>_gallery.png`` (injected | control | difference, Lupton RGB, sorted by arc SNR) and
 ``<stem>_histograms.png``; with ``--compare`` both datasets side by side (``<stem>_gallery_b.png``)
-and a ``comparison`` section with the differences that matter highlighted. Exit code 0 (flags are
+and a ``comparison`` section with the differences that matter highlighted. With ``--real`` (a stage-4
+cutouts dataset of real lenses) each dataset's report gets a ``realism`` section
+(:mod:`udfs.qa.realism`: the same measurements on a sample of its ok injected stamps and on the
+real lenses, KS/AD tests, a linear probe) and ``<stem>_realism.png`` (each real lens beside its
+nearest injections) and ``<stem>_realism_hist.png`` are written (``_b`` for ``--compare``). Exit code 0 (flags are
 printed), 1 with ``--strict`` when the dataset is flagged, 2 on bad input (message names the file/column).
 """
 from __future__ import annotations
@@ -30,11 +34,13 @@ from udfs.config.provenance import REPO_ROOT, code_version, config_hash
 from udfs.config.validation import load_config
 from udfs.io import storage
 from udfs.io.datasets import file_schema, list_dataset
-from udfs.qa import plots
+from udfs.qa import plots, realism, realism_io
 from udfs.qa import report_sections as sections
 from udfs.qa.report import ERROR, FINITE_INJECTED, pair_ddl, pairs_task, read_task, row_ddl
+from udfs.qa.lens_population import population_section
 from udfs.qa.shortcut_gates import run_gates
 from udfs.schemas.stamps import WHAT
+from udfs.survey.bricks import PIXSCALE_ARCSEC
 from udfs.stamps.pixels import StampInputError, annulus_mask, pixel_array, stamp_layout
 
 HIST_SAMPLE = 200_000   # rows drawn (hash of task_id) for the histogram picture
@@ -49,6 +55,7 @@ def parse_args(argv):
     p.add_argument("--compare", help="a second stamps dataset reported side by side (e.g. Sersic vs COSMOS)")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="validation config (default conf/validation.yaml)")
     p.add_argument("--strict", action="store_true", help="exit 1 when any flag is raised")
+    p.add_argument("--real", help="stage-4 cutouts dataset of real lenses (local or s3://): the realism section")
     return p.parse_args(argv)
 
 
@@ -121,16 +128,20 @@ def pair_rows(rows, layout, cfg, fraction: float):
     """One row per ``pair_id`` (flux accounting, gate pixels of the sampled pairs), persisted."""
     g, fa = cfg.gates, cfg.flux_accounting
     inj_side = rows.filter(~F.col("is_control")).select(
-        "pair_id", F.col("task_id").alias("inj_task_id"), F.col("ok").alias("inj_ok"),
+        "pair_id", F.col("task_id").alias("inj_task_id"), F.col("target_id").alias("inj_target_id"),
+        F.col("ok").alias("inj_ok"),
         F.col("image").alias("inj_image"), F.col("arc").alias("inj_arc"),
-        *[F.col(f"gain_{b}").alias(f"inj_gain_{b}") for b in layout.bands])
+        *[F.col(f"gain_{b}").alias(f"inj_gain_{b}") for b in layout.bands],
+        *[F.col(f"noise_kernel_sum_{b}").alias(f"inj_noise_kernel_sum_{b}") for b in layout.bands])
     ctl_side = rows.filter(F.col("is_control")).select(
-        "pair_id", F.col("task_id").alias("ctl_task_id"), F.col("ok").alias("ctl_ok"),
+        "pair_id", F.col("task_id").alias("ctl_task_id"), F.col("target_id").alias("ctl_target_id"),
+        F.col("ok").alias("ctl_ok"),
         F.col("image").alias("ctl_image"))
     task = functools.partial(pairs_task, layout=layout, core_radius=g.core_radius_pix, annulus=g.annulus_pix,
                              rounding_units=fa.zero_pixel_rounding_units, max_abs_sum_z=fa.max_abs_sum_z,
                              max_chi2_dof=fa.max_chi2_dof, sample_fraction=fraction, seed=g.seed)
-    joined = inj_side.join(ctl_side, "pair_id", "full_outer")
+    joined = (inj_side.join(ctl_side, "pair_id", "full_outer")
+              .withColumn("target_id", F.coalesce("inj_target_id", "ctl_target_id")))
     return joined.mapInPandas(task, pair_ddl(layout.bands)).persist(StorageLevel.DISK_ONLY)
 
 
@@ -157,14 +168,18 @@ def flux_accounting(pairs, scalars, bands: str, probs) -> dict:
 
 
 def gates(pairs, g, fraction: float) -> dict:
-    """Both shortcut gates on the sampled pairs' core and annulus pixels."""
+    """Both shortcut gates on the sampled pairs' core and annulus pixels, folds grouped by each
+    pair's ``target_id`` (a pair without one is its own background, counted in ``missing_target_id``)."""
     sampled = pairs.filter(F.col("sampled")).orderBy("pair_id").select(
-        "core_inj", "core_ctl", "ann_inj", "ann_ctl").collect()
+        "pair_id", "target_id", "core_inj", "core_ctl", "ann_inj", "ann_ctl").collect()
     stack = (lambda k: np.array([r[k] for r in sampled], dtype=np.float64).reshape(len(sampled), -1))
-    out = run_gates(stack("core_inj"), stack("core_ctl"), stack("ann_inj"), stack("ann_ctl"),
+    targets = [r["target_id"] if r["target_id"] is not None else f"pair:{r['pair_id']}" for r in sampled]
+    out = run_gates(stack("core_inj"), stack("core_ctl"), stack("ann_inj"), stack("ann_ctl"), targets,
                     folds=g.cv_folds, c=g.regularization_c, core_auc_max=g.core_auc_max,
-                    annulus_auc_max=g.annulus_auc_max, min_pairs=g.min_pairs)
+                    annulus_auc_max=g.annulus_auc_max, min_pairs=g.min_pairs,
+                    min_backgrounds=g.min_backgrounds, n_permutations=g.n_permutations, seed=g.seed)
     out["sample_fraction"] = fraction
+    out["missing_target_id"] = sum(r["target_id"] is None for r in sampled)
     return out
 
 
@@ -186,6 +201,22 @@ def gallery(rows, pairs, inj_ok, layout, n_complete: int, k: int) -> tuple[list[
                     "label": f"SNR {p['arc_snr']:.1f}\ntheta_E {p['theta_e']:.2f}\""} for p in picks]
 
 
+POPULATION_SAMPLE = 200_000   # injected pairs drawn (hash of pair_id) for the lens-population section
+
+
+def lens_population(scalars, n_injected: int) -> dict:
+    """Truth-level population checks (:mod:`udfs.qa.lens_population`) on a hash sample of the pairs:
+    each ok injected row's true arc r flux against its ok control's host flux within 4"."""
+    inj = scalars.filter(~F.col("is_control") & F.col("ok")).select(
+        "pair_id", "arc_flux_r", "theta_e", "host_abs_mag_r", "sigma_v", "n_images")
+    ctl = scalars.filter(F.col("is_control") & F.col("ok")).select(
+        "pair_id", F.col("aperture_flux_r").alias("host_flux_r"))
+    pdf = _hash_sample(inj.join(ctl, "pair_id"), "pair_id",
+                       min(1.0, POPULATION_SAMPLE / max(n_injected, 1))).orderBy("pair_id").toPandas()
+    return population_section(pdf["arc_flux_r"], pdf["host_flux_r"], pdf["theta_e"], pdf["host_abs_mag_r"],
+                              pdf["sigma_v"], pdf["n_images"])
+
+
 def build_report(spark, uri: str, cfg) -> tuple[dict, list[dict], dict]:
     """Return ``(report, gallery pairs, histogram samples)`` for one stamps dataset."""
     files, layout = open_stamps(uri)
@@ -203,10 +234,62 @@ def build_report(spark, uri: str, cfg) -> tuple[dict, list[dict], dict]:
     hist_pdf = _hash_sample(inj_ok, "task_id", min(1.0, HIST_SAMPLE / max(counts["injected"], 1))) \
         .select(*sections.HISTOGRAMS).toPandas()
     report = sections.dataset_report(uri, len(files), layout, counts, checks, dists, flux, gate, picks)
+    report["lens_population"] = lens_population(scalars, counts["injected"])
     report["flags"] = sections.flags(report, cfg.flux_accounting)
     rows.unpersist()
     pairs.unpersist()
     return report, pictures, {c: hist_pdf[c].to_numpy(dtype=float) for c in sections.HISTOGRAMS}
+
+
+def measure_injected(spark, uri: str, files: list[str], layout, rcfg, fraction: float):
+    """The measured sample of ok injected stamps (:func:`realism_io.stamps_task`), persisted."""
+    task = functools.partial(realism_io.stamps_task, layout=layout, fraction=fraction, seed=rcfg.seed,
+                             params=rcfg.measure_params(), probe_pix=rcfg.probe_pix, open_input=storage.open_input)
+    df = (spark.createDataFrame([(f,) for f in files], "path string").repartition(len(files))
+          .mapInPandas(task, realism_io.task_ddl()).persist(StorageLevel.DISK_ONLY))
+    bad = df.filter(F.col("error").isNotNull()).select("error").orderBy("error").limit(1).collect()
+    if bad:
+        df.unpersist()
+        raise StampInputError(bad[0]["error"])
+    return df
+
+
+def realism_report(spark, uri: str, n_injected_ok: int, real: dict, cfg) -> tuple[dict, dict]:
+    """``(realism section, picture inputs)`` of one stamps dataset against the real lenses."""
+    rcfg = cfg.realism
+    files, layout = open_stamps(uri)
+    fraction = min(1.0, rcfg.max_injected / n_injected_ok) if n_injected_ok else 0.0
+    df = measure_injected(spark, uri, files, layout, rcfg, fraction)
+    cols = ["task_id", "target_id", "arc_pixels", *realism.MEASUREMENTS]
+    pdf = df.select(*cols, "probe").orderBy("task_id").toPandas()
+    inj = {c: pdf[c].to_numpy(dtype=np.int64 if c == "arc_pixels" else np.float64) for c in cols[2:]}
+    real_m = realism.measure_stamps(real["image"], real["invvar"], PIXSCALE_ARCSEC, real["psf_fwhm"],
+                                    offsets=real["offsets"], **rcfg.measure_params())
+    probe = realism_io.probe(pdf["probe"], pdf["target_id"], real, rcfg)
+    section = realism.realism_section(inj, real_m, probe, n_injected_ok=n_injected_ok, sample_fraction=fraction,
+                                      params=cfg.as_dict()["realism"])
+    section["real"] = real["uri"]
+    picks = realism.nearest(inj, real_m, rcfg.nearest)[:rcfg.picture_rows] if len(pdf) else []
+    wanted = sorted({pdf["task_id"].iloc[j] for row in picks for j in row})
+    images = {r["task_id"]: np.asarray(r["image"], np.float64).reshape(3, layout.npix, layout.npix)
+              for r in df.filter(F.col("task_id").isin(wanted)).select("task_id", "image").collect()}
+    df.unpersist()
+    rows = realism_io.picture_rows(picks, images, list(pdf["task_id"]), inj, real, real_m)
+    hists = {m: {"injected": inj[m], "real": real_m[m]} for m in realism.MEASUREMENTS}
+    return section, {"rows": rows, "hists": hists, "uri": uri}
+
+
+def write_realism(args, cfg, pictures: list[dict]) -> dict:
+    """Write ``<stem>_realism[_b].png`` and ``<stem>_realism_hist[_b].png``; return their outputs entries."""
+    outputs = {}
+    for suffix, pic in zip(("", "_b"), pictures):
+        key, hist_key = f"realism{suffix}", f"realism_hist{suffix}"
+        outputs[key], outputs[hist_key] = _sibling(args.output, f"{key}.png"), _sibling(args.output, f"{hist_key}.png")
+        storage.write_bytes(outputs[key], plots.neighbours(
+            pic["rows"], "grz", f"{args.real} (left) and the nearest injections of {pic['uri']}"))
+        storage.write_bytes(outputs[hist_key], plots.histograms(
+            pic["hists"], cfg.report.histogram_bins, f"realism: injections of {pic['uri']} vs real lenses"))
+    return outputs
 
 
 def _sibling(output: str, suffix: str) -> str:
@@ -214,9 +297,10 @@ def _sibling(output: str, suffix: str) -> str:
     return f"{base}_{suffix}"
 
 
-def write_outputs(args, cfg, results: list[tuple[dict, list, dict]]) -> dict:
+def write_outputs(args, cfg, results: list[tuple[dict, list, dict]], realism_pictures: list[dict] | None = None) -> dict:
     """Write the pictures and the JSON report; return the report."""
     outputs = {"gallery": _sibling(args.output, "gallery.png"), "histograms": _sibling(args.output, "histograms.png")}
+    outputs.update(write_realism(args, cfg, realism_pictures or []))
     names = [("gallery", args.stamps), ("gallery_b", args.compare)]
     for (key, uri), (rep, pictures, _) in zip(names, results):
         if pictures:
@@ -241,12 +325,24 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config)
     uris = [args.stamps] + ([args.compare] if args.compare else [])
+    real = realism_io.read_real(args.real) if args.real else None
     for uri in uris:  # fail fast on an empty/wrong dataset or an annulus off the stamp, before Spark
         annulus_mask(open_stamps(uri)[1].npix, *cfg.gates.annulus_pix)
+        if real is not None:
+            realism_io.check_inputs(open_stamps(uri)[1], real, cfg.realism)
     spark = get_spark("validate_cosmos_injection")
-    report = write_outputs(args, cfg, [build_report(spark, uri, cfg) for uri in uris])
+    results = [build_report(spark, uri, cfg) for uri in uris]
+    realism_pictures = []
+    for uri, (rep, _, _) in zip(uris if real is not None else [], results):
+        rep["realism"], pictures = realism_report(
+            spark, uri, rep["counts"]["injected"] - rep["counts"]["failed"]["injected"], real, cfg)
+        realism_pictures.append(pictures)
+    report = write_outputs(args, cfg, results, realism_pictures)
     for line in sections.summary_lines(report, args.output):
         print(line)
+    for name, (rep, _, _) in zip(("A", "B"), results if real is not None else []):
+        for line in realism.summary_lines(rep["realism"]):
+            print(f"{name}: {line}" if len(results) > 1 else line)
     return 1 if (args.strict and report["flags"]) else 0
 
 

@@ -55,7 +55,8 @@ def test_pair_metrics_flags_and_samples():
     inj = [r for r in rows if not r["is_control"]]
     ctl = {r["pair_id"]: r for r in rows if r["is_control"]}
     pdf = pd.DataFrame({
-        "pair_id": [r["pair_id"] for r in inj], "inj_task_id": [r["task_id"] for r in inj],
+        "pair_id": [r["pair_id"] for r in inj], "target_id": [r["target_id"] for r in inj],
+        "inj_task_id": [r["task_id"] for r in inj],
         "inj_ok": True, "ctl_task_id": [ctl[r["pair_id"]]["task_id"] for r in inj], "ctl_ok": True,
         "inj_image": [r["image"] for r in inj], "ctl_image": [ctl[r["pair_id"]]["image"] for r in inj],
         "inj_arc": [r["arc"] * (1.3 if i == 0 else 1.0) for i, r in enumerate(inj)],
@@ -64,6 +65,7 @@ def test_pair_metrics_flags_and_samples():
     out = pair_metrics(pdf, layout, core_radius=4, annulus=(24, 31), rounding_units=4, max_abs_sum_z=5,
                        max_chi2_dof=2, sample_fraction=1.0, seed=1)
     assert out["complete"].tolist() == [True] * 5 + [False]
+    assert out["target_id"].tolist() == [r["target_id"] for r in inj]  # carried for the gates' folds
     assert out["flux_fail"].tolist()[:5] == [True, False, False, False, False]
     assert out["flux_fail"].iloc[5] is None
     assert out["sampled"].tolist() == [True] * 5 + [False]
@@ -74,12 +76,15 @@ def test_pair_metrics_flags_and_samples():
 def test_gate_auc_separates_only_a_planted_shortcut():
     rng = np.random.default_rng(5)
     base = rng.normal(size=(200, 30)) * rng.uniform(1, 3, size=(200, 1))
-    same = gate_auc(base, base.copy(), folds=5, c=1.0)
-    assert same["auc"] == pytest.approx(0.5, abs=0.02)
-    noise = gate_auc(base + rng.normal(0, 0.5, base.shape), base + rng.normal(0, 0.5, base.shape), folds=5, c=1.0)
-    assert abs(noise["auc"] - 0.5) < 0.1
-    planted = gate_auc(base + 0.8, base, folds=5, c=1.0)
-    assert planted["auc"] > 0.9 and len(planted["fold_aucs"]) == 5
+    kw = dict(folds=5, c=1.0, n_permutations=5, seed=1, min_backgrounds=10)
+    targets = np.arange(200) // 2  # two pairs per background
+    same = gate_auc(base, base.copy(), targets, **kw)
+    assert same["auc"] == pytest.approx(0.5, abs=0.02) and same["n_backgrounds"] == 100
+    noise = gate_auc(base + rng.normal(0, 0.5, base.shape), base + rng.normal(0, 0.5, base.shape), targets, **kw)
+    assert abs(noise["auc"] - 0.5) < 0.1 and noise["p_value"] > 1 / 6
+    planted = gate_auc(base + 0.8, base, targets, **kw)
+    assert planted["auc"] > 0.9 and len(planted["fold_aucs"]) == 5 and planted["p_value"] == pytest.approx(1 / 6)
+    assert planted["auc_interval"][0] > 0.85
 
 
 def test_config_errors_name_the_key(tmp_path):
@@ -95,7 +100,16 @@ def test_config_errors_name_the_key(tmp_path):
     del data["completeness"]["confidence"]
     with pytest.raises(ConfigError, match=r"completeness.confidence: missing required key"):
         parse_config(data, "x.yaml")
-    assert load_config(CONFIG).gates.core_radius_pix == 4
+    data = load_yaml(CONFIG)
+    del data["gates"]["min_backgrounds"]
+    with pytest.raises(ConfigError, match=r"gates.min_backgrounds: missing required key"):
+        parse_config(data, "x.yaml")
+    data = load_yaml(CONFIG)
+    data["gates"]["n_permutations"] = -1
+    with pytest.raises(ConfigError, match=r"gates.n_permutations: must be >= 0"):
+        parse_config(data, "x.yaml")
+    gates = load_config(CONFIG).gates
+    assert gates.core_radius_pix == 4 and gates.min_backgrounds == 10 and gates.n_permutations == 20
 
 
 def test_validation_job_clean_vs_core_shortcut_via_s3(spark, s3_bucket, tmp_path, capsys):
@@ -119,6 +133,11 @@ def test_validation_job_clean_vs_core_shortcut_via_s3(spark, s3_bucket, tmp_path
     assert b["gates"]["core"]["auc"] > 0.9 and b["gates"]["core"]["flagged"]
     assert not b["gates"]["annulus"]["flagged"]
     assert a["gates"]["core"]["n_pairs"] == 59 and b["gates"]["core"]["n_pairs"] == 60
+    # folds grouped by target (one pair per target in the factory), with an interval and a null
+    assert a["gates"]["core"]["n_backgrounds"] == 59 and a["gates"]["missing_target_id"] == 0
+    lo, hi = b["gates"]["core"]["auc_interval"]
+    assert lo <= b["gates"]["core"]["auc"] <= hi and b["gates"]["core"]["p_value"] == pytest.approx(1 / 21)
+    assert a["gates"]["core"]["p_value"] > 0.05 and abs(a["gates"]["core"]["null_aucs"]["q0.5"] - 0.5) < 0.1
     # flux accounting holds in both (the shortcut is in the stored arc, not a bookkeeping error)
     for r in (a, b):
         assert r["flux_accounting"]["fail_rate"] == 0.0
@@ -141,7 +160,10 @@ def test_validation_job_clean_vs_core_shortcut_via_s3(spark, s3_bucket, tmp_path
     assert len(a["gallery_pairs"]) == 12
     snrs = [p["arc_snr"] for p in a["gallery_pairs"]]
     assert snrs == sorted(snrs)
-    assert "FLAG B: gate_core" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    print(printed)
+    assert "FLAG B: gate_core" in printed and "  core gate AUC " in printed and "null median" in printed
+    assert "59 backgrounds" in printed and "  B: core gate AUC " in printed
 
 
 def test_validation_bad_input_exits_2(tmp_path, capsys):

@@ -28,6 +28,8 @@ class GateConfig:
     max_pairs: int
     seed: int
     min_pairs: int
+    min_backgrounds: int
+    n_permutations: int
 
 
 @dataclass(frozen=True)
@@ -59,12 +61,37 @@ class RecallConfig:
 
 
 @dataclass(frozen=True)
+class RealismConfig:
+    k_sigma: float
+    radius_arcsec: float
+    core_psf_fwhm: float
+    min_arc_pixels: int
+    ring_width_pix: float
+    max_injected: int
+    nearest: int
+    picture_rows: int
+    probe_pix: int
+    probe_folds: int
+    probe_c: float
+    probe_permutations: int
+    probe_min_groups: int
+    probe_confidence: float
+    seed: int
+
+    def measure_params(self) -> dict:
+        """The keywords of :func:`udfs.qa.realism.measure_stamp`."""
+        return {"k_sigma": self.k_sigma, "radius_arcsec": self.radius_arcsec, "core_psf_fwhm": self.core_psf_fwhm,
+                "min_arc_pixels": self.min_arc_pixels, "ring_width_pix": self.ring_width_pix}
+
+
+@dataclass(frozen=True)
 class ValidationConfig:
     report: ReportConfig
     gates: GateConfig
     flux_accounting: FluxConfig
     completeness: CompletenessConfig
     recall: RecallConfig
+    realism: RealismConfig
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -100,7 +127,8 @@ def _report(c: Checker, data: dict) -> ReportConfig:
 def _gates(c: Checker, data: dict) -> GateConfig:
     g = c.mapping(data, "gates", "gates")
     c.unknown(g, {"core_radius_pix", "annulus_pix", "core_auc_max", "annulus_auc_max", "cv_folds",
-                  "regularization_c", "max_pairs", "seed", "min_pairs"}, "gates")
+                  "regularization_c", "max_pairs", "seed", "min_pairs", "min_backgrounds",
+                  "n_permutations"}, "gates")
     annulus = _numbers(c, g, "annulus_pix", "gates.annulus_pix", lo=0, increasing=True, min_len=2)
     if len(annulus) != 2:
         raise c.fail("gates.annulus_pix", f"expected [inner, outer], got {list(annulus)}")
@@ -115,7 +143,9 @@ def _gates(c: Checker, data: dict) -> GateConfig:
         regularization_c=c.number(g, "regularization_c", "gates.regularization_c", lo=0, lo_open=True),
         max_pairs=c.integer(g, "max_pairs", "gates.max_pairs", lo=10),
         seed=c.integer(g, "seed", "gates.seed", lo=0),
-        min_pairs=c.integer(g, "min_pairs", "gates.min_pairs", lo=4))
+        min_pairs=c.integer(g, "min_pairs", "gates.min_pairs", lo=4),
+        min_backgrounds=c.integer(g, "min_backgrounds", "gates.min_backgrounds", lo=2),
+        n_permutations=c.integer(g, "n_permutations", "gates.n_permutations", lo=0, hi=10000))
 
 
 def _flux(c: Checker, data: dict) -> FluxConfig:
@@ -167,12 +197,41 @@ def _recall(c: Checker, data: dict) -> RecallConfig:
         histogram_bins=c.integer(e, "histogram_bins", "recall.histogram_bins", lo=2, hi=1000))
 
 
+REALISM_KEYS = {"k_sigma", "radius_arcsec", "core_psf_fwhm", "min_arc_pixels", "ring_width_pix", "max_injected",
+                "nearest", "picture_rows", "probe_pix", "probe_folds", "probe_c", "probe_permutations",
+                "probe_min_groups", "probe_confidence", "seed"}
+
+
+def _realism(c: Checker, data: dict) -> RealismConfig:
+    m = c.mapping(data, "realism", "realism")
+    c.unknown(m, REALISM_KEYS, "realism")
+    folds = c.integer(m, "probe_folds", "realism.probe_folds", lo=2, hi=20)
+    min_groups = c.integer(m, "probe_min_groups", "realism.probe_min_groups", lo=2)
+    return RealismConfig(
+        k_sigma=c.number(m, "k_sigma", "realism.k_sigma", lo=0, lo_open=True),
+        radius_arcsec=c.number(m, "radius_arcsec", "realism.radius_arcsec", lo=0, lo_open=True),
+        core_psf_fwhm=c.number(m, "core_psf_fwhm", "realism.core_psf_fwhm", lo=0),
+        min_arc_pixels=c.integer(m, "min_arc_pixels", "realism.min_arc_pixels", lo=1),
+        ring_width_pix=c.number(m, "ring_width_pix", "realism.ring_width_pix", lo=0, lo_open=True),
+        max_injected=c.integer(m, "max_injected", "realism.max_injected", lo=10),
+        nearest=c.integer(m, "nearest", "realism.nearest", lo=1, hi=20),
+        picture_rows=c.integer(m, "picture_rows", "realism.picture_rows", lo=1, hi=100),
+        probe_pix=c.integer(m, "probe_pix", "realism.probe_pix", lo=1),
+        probe_folds=folds,
+        probe_c=c.number(m, "probe_c", "realism.probe_c", lo=0, lo_open=True),
+        probe_permutations=c.integer(m, "probe_permutations", "realism.probe_permutations", lo=0),
+        probe_min_groups=min_groups,
+        probe_confidence=c.number(m, "probe_confidence", "realism.probe_confidence", lo=0, hi=1, lo_open=True),
+        seed=c.integer(m, "seed", "realism.seed", lo=0))
+
+
 def parse_config(data: dict, source: str) -> ValidationConfig:
     """Check the parsed ``conf/validation.yaml`` mapping ``data`` (``source`` names it in errors)."""
     c = Checker(source)
-    c.unknown(data, {"report", "gates", "flux_accounting", "completeness", "recall"}, "")
+    c.unknown(data, {"report", "gates", "flux_accounting", "completeness", "recall", "realism"}, "")
     return ValidationConfig(report=_report(c, data), gates=_gates(c, data), flux_accounting=_flux(c, data),
-                            completeness=_completeness(c, data), recall=_recall(c, data))
+                            completeness=_completeness(c, data), recall=_recall(c, data),
+                            realism=_realism(c, data))
 
 
 def load_config(uri: str) -> ValidationConfig:

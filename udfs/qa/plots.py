@@ -1,6 +1,6 @@
 """Stage-6 pictures (matplotlib Agg, PNG bytes): stamp gallery, histograms, completeness heat map,
-score distributions. Colour images use ``astropy.visualization.make_lupton_rgb`` with z, r, g as
-R, G, B (the field's convention)."""
+score distributions, the realism neighbours. Colour images use the Legacy Survey viewer's grz
+stretch (:func:`udfs.qa.rgb.legacy_rgb`: z, r, g as R, G, B), the same for every picture."""
 from __future__ import annotations
 
 import io
@@ -10,11 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from astropy.visualization import make_lupton_rgb  # noqa: E402
 
-# Lupton stretch for Legacy Survey stamps in nanomaggies (a ~0.03 nmgy sky sigma stays dark grey).
-LUPTON_STRETCH = 0.5
-LUPTON_Q = 8.0
+from udfs.qa.rgb import legacy_rgb  # noqa: E402
 
 
 def _png(fig) -> bytes:
@@ -22,12 +19,6 @@ def _png(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
-
-
-def lupton_rgb(image: np.ndarray, bands: str) -> np.ndarray:
-    """``(N, N, 3)`` uint8 from a ``(n_bands, N, N)`` stamp: z, r, g -> R, G, B (NaN -> 0)."""
-    planes = [np.nan_to_num(image[bands.index(b)]) for b in "zrg"]
-    return make_lupton_rgb(*planes, stretch=LUPTON_STRETCH, Q=LUPTON_Q)
 
 
 def gallery(pairs: list[dict], bands: str, title: str) -> bytes:
@@ -39,11 +30,37 @@ def gallery(pairs: list[dict], bands: str, title: str) -> bytes:
     for row, p in zip(axes, pairs):
         diff = p["injected"] - p["control"]
         for ax, img, name in zip(row, (p["injected"], p["control"], diff), ("injected", "control", "difference")):
-            ax.imshow(lupton_rgb(img, bands), origin="lower")
+            ax.imshow(legacy_rgb(img, bands), origin="lower")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(name, fontsize=7)
         row[0].set_ylabel(p["label"], fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return _png(fig)
+
+
+def neighbours(rows: list[dict], bands: str, title: str) -> bytes:
+    """One row per real lens: the real cutout, then its nearest injections (same stretch).
+
+    ``rows``: dicts with ``real`` (an (n_bands, N, N) array), ``real_label`` (text) and
+    ``neighbours`` (a list of ``{"image", "label"}``); rows may hold different numbers of neighbours."""
+    n = max(1, len(rows))
+    k = 1 + max([len(r["neighbours"]) for r in rows] or [0])
+    fig, axes = plt.subplots(n, k, figsize=(2.2 * k, 2.3 * n + 0.5), squeeze=False)
+    for row, r in zip(axes, rows):
+        panels = [(r["real"], r["real_label"])] + [(p["image"], p["label"]) for p in r["neighbours"]]
+        for ax, (img, label) in zip(row, panels):
+            ax.imshow(legacy_rgb(img, bands), origin="lower")
+            ax.set_title(label, fontsize=6)
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        for ax in row[len(panels):]:
+            ax.axis("off")
+    if not rows:
+        axes[0, 0].axis("off")
+        axes[0, 0].set_title("no real lenses", fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     return _png(fig)

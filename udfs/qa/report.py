@@ -9,21 +9,28 @@ nanomaggies^-2, ``gain_<band>`` in electrons per nanomaggy, radii from the stamp
 Flux accounting (per pair, per band). The injected image is ``cutout + Poisson(arc * gain) / gain``
 stored as float32, the control is the same cutout, and ``arc`` is the noiseless arc. So
 ``d = injected - control`` must equal ``arc`` within the arc's shot noise where ``arc > 0``
-(variance ``arc / gain``) and be exactly 0 where ``arc <= 0``, up to float32 rounding (one spacing
+(variance ``arc / gain``) and equal the arc where ``arc <= 0`` (0, or the negative wing of a
+measured PSF: no photons, no noise), up to float32 rounding (one spacing
 of each stored value, ``numpy.spacing``). Reported: ``z_sum`` = summed residual over its sigma,
 ``chi2_dof`` = mean squared per-pixel residual in sigma units over the pixels where the arc
 holds >= ``CHI2_MIN_ELECTRONS`` electrons (Gaussian regime; fainter pixels make the mean
-heavy-tailed), 1 for correct noise, ~0 when the stored arc already holds the noise,
-``zero_viol`` = pixels with ``arc <= 0`` where ``|d|`` exceeds ``zero_pixel_rounding_units`` spacings.
+heavy-tailed; NaN with fewer than ``CHI2_MIN_PIXELS`` of them: a compact arc's few, texture-correlated
+pixels give a mean that exceeds 2 by chance in several % of correct stamps), 1 for correct noise, ~0 when the stored arc already holds the noise,
+``zero_viol`` = pixels with ``arc <= 0`` where ``|d - arc|`` exceeds ``zero_pixel_rounding_units`` spacings.
+Textured arc noise (``noise_kernel_sum_<b>`` != 1, the coadd's texture given to the arc's photons)
+spreads each pixel's noise over its 3x3 neighbours: the summed residual then covers the arc grown by
+one pixel, with its variance times ``sum(k)^2``, and the zero check applies beyond that reach.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from scipy import ndimage
 import pyarrow.parquet as pq
 
 from udfs.io.datasets import partition_values
+from udfs.qa.lens_population import aperture_flux
 from udfs.schemas import stamps as schema
 from udfs.stamps.pixels import StampInputError, StampLayout, annulus_mask, core_mask, hash_uniform, \
     pixel_array, radii, stamp_layout
@@ -39,10 +46,11 @@ PIXELS = schema.FLOAT_PIXELS
 FINITE_INJECTED = ["theta_e", "lens_e1", "lens_e2", "shear_g1", "shear_g2", "src_x", "src_y", "src_mag_r",
                    "magnification", "arc_flux_g", "arc_flux_r", "arc_flux_z", "arc_snr", "core_flux_frac"]
 CHI2_MIN_ELECTRONS = 10.0
+CHI2_MIN_PIXELS = 25   # fewer such pixels: their mean squared residual is too noisy to test (NaN)
 #: per-row checks (:func:`row_checks`) and their Spark types
 ROW_CHECKS = {"nonfinite_image": "bigint", "nonfinite_invvar": "bigint", "nonfinite_arc": "bigint",
               "negative_invvar": "bigint", "failed_with_values": "boolean", "control_arc_nonzero": "boolean",
-              "arc_r50_arcsec": "double"}
+              "arc_r50_arcsec": "double", "aperture_flux_r": "double"}
 ERROR = "error"  # the read task's column holding a StampInputError message (rows of a bad file)
 _SPARK = {pa.string(): "string", pa.bool_(): "boolean", pa.float64(): "double"}
 assert set(REQUIRED) <= set(SCALARS) | set(PIXELS)
@@ -83,7 +91,7 @@ def read_stamp_rows(root: str, path: str, layout: StampLayout, open_input, *,
     shape = (layout.n_bands, layout.npix, layout.npix)
     image, invvar, arc = (pixel_array(table.column(c), shape) for c in PIXELS)
     checks = row_checks(df["ok"].to_numpy(bool), df["is_control"].to_numpy(bool), image, invvar, arc,
-                        layout.pixel_scale)
+                        layout.pixel_scale, layout.bands.index("r") if "r" in layout.bands else None)
     for k, v in checks.items():
         df[k] = v
     if with_pixels:
@@ -116,9 +124,10 @@ def read_task(batches, *, root: str, layout: StampLayout, first_file: str, open_
 
 
 def pair_ddl(bands: str) -> str:
-    """Spark DDL of the rows :func:`pairs_task` yields (one per pair_id)."""
+    """Spark DDL of the rows :func:`pairs_task` yields (one per pair_id, with its ``target_id``)."""
     per_band = ", ".join(f"z_sum_{b} double, chi2_dof_{b} double, zero_viol_{b} bigint" for b in bands)
-    return ("pair_id string, complete boolean, has_injected boolean, has_control boolean, " + per_band +
+    return ("pair_id string, target_id string, complete boolean, has_injected boolean, has_control boolean, "
+            + per_band +
             ", flux_fail boolean, sampled boolean, core_inj array<float>, core_ctl array<float>, "
             "ann_inj array<float>, ann_ctl array<float>")
 
@@ -132,9 +141,11 @@ def pairs_task(batches, *, layout: StampLayout, **kw):
 
 
 def row_checks(ok: np.ndarray, is_control: np.ndarray, image: np.ndarray, invvar: np.ndarray,
-               arc: np.ndarray, pixel_scale: float) -> dict[str, np.ndarray]:
+               arc: np.ndarray, pixel_scale: float, r_index: int | None = None) -> dict[str, np.ndarray]:
     """Per-row pixel checks: non-finite counts (ok rows), negative invvar, failed rows that still
-    hold values, controls with a non-zero arc, and the arc's half-light radius (arcsec, injected)."""
+    hold values, controls with a non-zero arc, the arc's half-light radius (arcsec, injected) and
+    the r flux within 4" of the centre (``aperture_flux_r``, nanomaggies; on a control: the host's,
+    :mod:`udfs.qa.lens_population`)."""
     axes = (1, 2, 3)
     n = len(ok)
     out = {
@@ -150,6 +161,10 @@ def row_checks(ok: np.ndarray, is_control: np.ndarray, image: np.ndarray, invvar
     if sel.size:
         r50[sel] = half_light_radius(arc[sel], pixel_scale)
     out["arc_r50_arcsec"] = r50
+    aperture = np.full(n, np.nan)
+    if r_index is not None and ok.any():
+        aperture[ok] = aperture_flux(image[ok], r_index, pixel_scale)
+    out["aperture_flux_r"] = aperture
     return out
 
 
@@ -166,26 +181,37 @@ def half_light_radius(arcs: np.ndarray, pixel_scale: float) -> np.ndarray:
 
 
 def flux_residuals(injected: np.ndarray, control: np.ndarray, arc: np.ndarray, gains: np.ndarray,
-                   rounding_units: float) -> dict[str, np.ndarray]:
-    """Per pair and band (``(B, n_bands)`` arrays): ``z_sum``, ``chi2_dof``, ``zero_viol`` (module doc)."""
+                   rounding_units: float, kernel_sums: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per pair and band (``(B, n_bands)`` arrays): ``z_sum``, ``chi2_dof``, ``zero_viol`` (module doc).
+
+    ``kernel_sums`` (``(B, n_bands)``, the stamps' ``noise_kernel_sum_<b>``; NaN or None = white):
+    textured arc noise ``k (*) n`` (a 3x3 kernel) reaches one pixel beyond the arc, and its sum over
+    that region is ``sum(k)`` times the white sum, so there the residual is summed over the arc grown
+    by one pixel with variance ``sum(k)^2 * sum(arc) / gain``, and only pixels beyond that reach must be 0."""
     d = injected - control
     finite = np.isfinite(d) & np.isfinite(arc)
     spacing = np.spacing(np.abs(injected).astype(np.float32)).astype(np.float64) + \
         np.spacing(np.abs(np.nan_to_num(arc)).astype(np.float32)).astype(np.float64)
     g = np.asarray(gains, dtype=np.float64)[:, :, None, None]
+    ksum = np.ones(g.shape) if kernel_sums is None else np.asarray(kernel_sums, dtype=np.float64)[:, :, None, None]
+    ksum = np.where(np.isfinite(ksum), ksum, 1.0)
     lit = finite & (arc > 0)
-    var = np.where(lit, np.where(g > 0, np.clip(arc, 0, None) / np.where(g > 0, g, 1.0), np.nan) + spacing ** 2, 0.0)
-    resid = np.where(lit, d - arc, 0.0)
+    textured = np.abs(ksum - 1.0) > 1e-9
+    reach = np.where(textured, ndimage.maximum_filter(lit, size=(1, 1, 3, 3)), lit) & finite
+    shot = np.where(lit, np.where(g > 0, np.clip(arc, 0, None) / np.where(g > 0, g, 1.0), np.nan), 0.0)
     axes = (2, 3)
+    var_sum = (ksum[:, :, 0, 0] ** 2) * shot.sum(axis=axes) + np.where(reach, spacing ** 2, 0.0).sum(axis=axes)
+    resid = np.where(reach, d - np.where(lit, arc, 0.0), 0.0)
     n_lit = lit.sum(axis=axes)
     bright = lit & (np.clip(np.nan_to_num(arc), 0, None) * np.where(g > 0, g, 0.0) >= CHI2_MIN_ELECTRONS)
     n_bright = bright.sum(axis=axes)
     with np.errstate(invalid="ignore", divide="ignore"):
-        z_sum = resid.sum(axis=axes) / np.sqrt(var.sum(axis=axes))
-        chi2 = np.where(bright, resid ** 2 / np.where(lit, var, 1.0), 0.0).sum(axis=axes) / n_bright
-    dark = finite & (arc <= 0)
-    zero_viol = (dark & (np.abs(np.where(dark, d, 0.0)) > rounding_units * spacing)).sum(axis=axes)
-    return {"z_sum": np.where(n_lit > 0, z_sum, np.nan), "chi2_dof": np.where(n_bright > 0, chi2, np.nan),
+        z_sum = resid.sum(axis=axes) / np.sqrt(var_sum)
+        var = np.where(lit, shot + spacing ** 2, 1.0)
+        chi2 = np.where(bright, resid ** 2 / var, 0.0).sum(axis=axes) / n_bright
+    dark = finite & ~reach   # no photons reach here: d is the arc itself (0, or a PSF's negative wing)
+    zero_viol = (dark & (np.abs(np.where(dark, d - arc, 0.0)) > rounding_units * spacing)).sum(axis=axes)
+    return {"z_sum": np.where(n_lit > 0, z_sum, np.nan), "chi2_dof": np.where(n_bright >= CHI2_MIN_PIXELS, chi2, np.nan),
             "zero_viol": zero_viol}
 
 
@@ -193,11 +219,13 @@ def pair_metrics(pdf: pd.DataFrame, layout: StampLayout, *, core_radius: float, 
                  rounding_units: float, max_abs_sum_z: float, max_chi2_dof: float,
                  sample_fraction: float, seed: int) -> pd.DataFrame:
     """Rows of a full outer join of injected (``inj_*``) and control (``ctl_*``) rows on ``pair_id``
-    -> one row per pair: completeness, flux accounting per band and, for the gate sample, the core
-    and annulus pixels of both stamps (all bands, float32)."""
+    -> one row per pair: its ``target_id`` (the background the shortcut gates group by; null when
+    the join carries none), completeness, flux accounting per band and, for the gate sample, the
+    core and annulus pixels of both stamps (all bands, float32)."""
     shape = (layout.n_bands, layout.npix, layout.npix)
     complete = (pdf["inj_ok"].fillna(False).astype(bool) & pdf["ctl_ok"].fillna(False).astype(bool)).to_numpy()
-    out = pd.DataFrame({"pair_id": pdf["pair_id"], "complete": complete,
+    target = pdf["target_id"] if "target_id" in pdf else pd.Series([None] * len(pdf), dtype=object)
+    out = pd.DataFrame({"pair_id": pdf["pair_id"], "target_id": target, "complete": complete,
                         "has_injected": pdf["inj_task_id"].notna().to_numpy(),
                         "has_control": pdf["ctl_task_id"].notna().to_numpy()})
     bands = layout.bands
@@ -216,7 +244,9 @@ def pair_metrics(pdf: pd.DataFrame, layout: StampLayout, *, core_radius: float, 
     ctl = pixel_array(pdf["ctl_image"].iloc[idx].tolist(), shape)
     arc = pixel_array(pdf["inj_arc"].iloc[idx].tolist(), shape)
     gains = np.stack([pdf[f"inj_gain_{b}"].iloc[idx].astype(float).to_numpy() for b in bands], axis=1)
-    res = flux_residuals(inj, ctl, arc, gains, rounding_units)
+    ksums = np.stack([pd.to_numeric(pdf[f"inj_noise_kernel_sum_{b}"], errors="coerce").iloc[idx].to_numpy(float)
+                      if f"inj_noise_kernel_sum_{b}" in pdf else np.full(len(idx), np.nan) for b in bands], axis=1)
+    res = flux_residuals(inj, ctl, arc, gains, rounding_units, ksums)
     for j, b in enumerate(bands):
         out.loc[idx, f"z_sum_{b}"] = res["z_sum"][:, j]
         out.loc[idx, f"chi2_dof_{b}"] = res["chi2_dof"][:, j]

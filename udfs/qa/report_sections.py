@@ -131,13 +131,32 @@ def _label_z(rep: dict) -> str | None:
     return None
 
 
+def _auc_text(gate: dict) -> str:
+    lo, hi = gate.get("auc_interval") or (None, None)
+    return f"{gate['auc']:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if lo is not None else "")
+
+
+def gate_text(name: str, gate: dict) -> str:
+    """One gate in words: ``core gate AUC 0.56 [0.48, 0.63], null median 0.50 (95% 0.58), p 0.21,
+    53 backgrounds`` (interval over backgrounds, within-background permutation null), or its refusal."""
+    if gate.get("auc") is None:
+        return f"{name} gate {gate.get('note') or 'not measured'}"
+    text = f"{name} gate AUC {_auc_text(gate)}"
+    null = gate.get("null_aucs")
+    if null:
+        text += f", null median {null['q0.5']:.2f} (95% {null['q0.95']:.2f}), p {gate['p_value']:.2g}"
+    if gate.get("n_backgrounds") is not None:
+        text += f", {gate['n_backgrounds']} backgrounds"
+    return text
+
+
 def flags(rep: dict, flux_cfg) -> list[str]:
     """What is wrong with a dataset, one line each (``flux_cfg``: ``max_fail_frac``, ``max_abs_sum_z``)."""
     out = []
     for name in ("core", "annulus"):
         gate = rep["gates"][name]
         if gate.get("flagged"):
-            out.append(f"gate_{name}: cross-validated AUC {gate['auc']:.3f} > limit {gate['limit']}")
+            out.append(f"gate_{name}: {gate_text(name, gate)} > limit {gate['limit']}")
     f = rep["flux_accounting"]
     if f["fail_rate"] is not None and f["fail_rate"] > flux_cfg.max_fail_frac:
         out.append(f"flux_accounting: {f['failing_pairs']}/{f['complete_pairs']} pairs fail "
@@ -171,13 +190,27 @@ def combined_report(rep_a: dict, rep_b: dict | None, provenance: dict, report_cf
             "flags": [f"A: {f}" for f in rep_a["flags"]] + [f"B: {f}" for f in rep_b["flags"]]}
 
 
+def population_text(pop: dict) -> str:
+    """One line of :mod:`udfs.qa.lens_population`'s section."""
+    frac, rho = pop["arc_brighter_than_host_frac"], pop["theta_e_luminosity_spearman"]
+    text = (f"lens population: arc brighter than host (r, {pop['radius_arcsec']:g}\") in "
+            + ("n/a" if frac is None else f"{100 * frac:.0f}%") + f" of {pop['n_pairs']} pairs "
+            f"(goal <= {100 * pop['arc_brighter_than_host_max']:.0f}%)")
+    if rho is not None:
+        text += f"; Spearman(theta_E, host luminosity) {rho:.2f} over {pop['n_with_deflector']}"
+    return text + f"; images per source {pop['n_images']}"
+
+
 def summary_lines(report: dict, output: str) -> list[str]:
     """What the job prints: one summary line of A, the comparison's highlights, every flag."""
     single = report if "a" not in report else report["a"]
-    g = single["gates"]
-    lines = [f"validation: {single['counts']['rows']} rows, core AUC {g['core'].get('auc')}, annulus AUC "
-             f"{g['annulus'].get('auc')}, flux-accounting fail rate {single['flux_accounting']['fail_rate']} "
-             f"-> {output}"]
+    lines = [f"validation: {single['counts']['rows']} rows, flux-accounting fail rate "
+             f"{single['flux_accounting']['fail_rate']} -> {output}"]
+    for label, rep in (("", single), ("B: ", report.get("b"))):
+        if rep is not None:
+            lines += [f"  {label}{gate_text(g, rep['gates'][g])}" for g in ("core", "annulus")]
+            if rep.get("lens_population"):
+                lines.append(f"  {label}{population_text(rep['lens_population'])}")
     lines += [f"  differs: {h}" for h in report.get("comparison", {}).get("highlights", [])]
     return lines + [f"  FLAG {f}" for f in report["flags"]]
 
@@ -220,11 +253,15 @@ def compare_reports(a: dict, b: dict, *, median_shift: float, rate_diff: float) 
     for g in ("core", "annulus"):
         ga, gb = a.get("gates", {}).get(g, {}), b.get("gates", {}).get(g, {})
         if ga.get("auc") is None or gb.get("auc") is None:
+            if ga or gb:
+                gates.append({"gate": g, "a": gate_text(g, ga), "b": gate_text(g, gb), "highlight": False})
             continue
         hl = bool(ga.get("flagged")) != bool(gb.get("flagged")) or abs(gb["auc"] - ga["auc"]) > 0.05
-        gates.append({"gate": g, "auc_a": ga["auc"], "auc_b": gb["auc"], "flagged_a": ga.get("flagged"),
-                      "flagged_b": gb.get("flagged"), "highlight": hl})
+        gates.append({"gate": g, "auc_a": ga["auc"], "auc_b": gb["auc"], "interval_a": ga.get("auc_interval"),
+                      "interval_b": gb.get("auc_interval"), "p_value_a": ga.get("p_value"),
+                      "p_value_b": gb.get("p_value"), "flagged_a": ga.get("flagged"),
+                      "flagged_b": gb.get("flagged"), "a": gate_text(g, ga), "b": gate_text(g, gb), "highlight": hl})
         if hl:
-            highlights.append(f"gate {g}: AUC {ga['auc']:.3f} -> {gb['auc']:.3f}"
+            highlights.append(f"gate {g}: AUC {_auc_text(ga)} -> {_auc_text(gb)}"
                               f" (flagged {ga.get('flagged')} -> {gb.get('flagged')})")
     return {"distributions": rows, "rates": rates, "gates": gates, "highlights": highlights}
