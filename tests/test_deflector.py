@@ -15,6 +15,7 @@ from udfs.config.checker import ConfigError
 from udfs.config.provenance import REPO_ROOT
 from udfs.config.sample_data import data_root
 from udfs.lensing import deflector as dfl
+from udfs.sources import red_galaxy
 from udfs.sources.cosmology import get_cosmology
 from udfs.stamps import manifest, priors
 
@@ -37,19 +38,19 @@ def test_faber_jackson_normalisation_and_slope():
     assert dfl.faber_jackson_sigma(mstar, 0.5, **PARKER) == pytest.approx(142.0)
     # ten times the luminosity -> sigma x 10^(1/3)
     assert dfl.faber_jackson_sigma(mstar - 2.5, 0.5, **PARKER) == pytest.approx(142.0 * 10 ** (1 / 3))
-    assert dfl.k_correction_r(0.0) == pytest.approx(0.0, abs=0.01)
+    assert red_galaxy.k_correction_r(0.0) == pytest.approx(0.0, abs=0.01)
 
 
 def test_colour_redshift_against_real_spectroscopic_redshifts():
     """On the Stein et al. (2021) training lenses with z_spec: bias and scatter of the red-sequence estimate."""
     d = pd.read_csv(data_root() / "lenses" / "stein2021" / "training_lenses.tsv", sep="\t")
     d = d[(d["z_spec"] > 0) & (d["mag_r"] > 0)]
-    z = dfl.colour_redshift(d["mag_g"], d["mag_r"], d["mag_z"])
+    z = red_galaxy.colour_redshift(d["mag_g"], d["mag_r"], d["mag_z"])
     dz = (z - d["z_spec"].to_numpy()) / (1 + d["z_spec"].to_numpy())
     bias, nmad = np.median(dz), 1.4826 * np.median(np.abs(dz - np.median(dz)))
     print(f"colour z on {len(d)} lenses: bias {bias:+.3f}, NMAD {nmad:.3f}, >0.1: {np.mean(np.abs(dz) > 0.1):.2f}")
     assert len(d) > 300 and abs(bias) < 0.04 and nmad < 0.04
-    assert np.isnan(dfl.colour_redshift([np.nan], [20.0], [19.0])[0])
+    assert np.isnan(red_galaxy.colour_redshift([np.nan], [20.0], [19.0])[0])
 
 
 def _fit_angle(image, x, y, e, r_e, fwhm, win):
@@ -120,7 +121,7 @@ def _hosts(n=2000, seed=2):
     i = np.arange(n)
     z_l = rng.uniform(0.3, 0.8, n)
     abs_mag = rng.uniform(-23.8, -21.5, n)   # LRG-like luminosities -> apparent r through the same K and DM
-    mag_r = abs_mag + get_cosmology(COSMO).distmod(z_l).value + dfl.k_correction_r(z_l)
+    mag_r = abs_mag + get_cosmology(COSMO).distmod(z_l).value + red_galaxy.k_correction_r(z_l)
     return pd.DataFrame({"target_id": [f"h{k}" for k in i], "ra": i * 0.01, "dec": 0.0, "brickname": "x",
                          "split": "train", "psf_fwhm_g": 1.3, "psf_fwhm_r": 1.2, "psf_fwhm_z": 1.1,
                          "mag_r": mag_r, "z_l": z_l, "zl_source": "colour_estimate",
@@ -170,12 +171,35 @@ def test_deflector_tasks_follow_their_hosts(drawn):
     assert (inj["zl_source"] == "colour_estimate").all()
 
 
-def test_sources_reach_past_the_caustic(drawn):
+def test_sources_reach_the_caustic(drawn):
+    """Uniform in source-plane area up to the SIS caustic (1 theta_E), not kept well inside it."""
     inj, _, plan = drawn
     beta = np.hypot(inj["src_x"].astype(float), inj["src_y"].astype(float)) / inj["theta_e"].astype(float)
     rmax = plan.configs[0].r_max_over_theta_e
-    assert rmax > 1 and stats.kstest(beta, lambda x: np.clip(x / rmax, 0, 1) ** 2).pvalue > 1e-3
-    assert (beta > 1).mean() == pytest.approx(1 - 1 / rmax ** 2, abs=0.04)  # outside the SIS caustic
+    assert rmax >= 1 and stats.kstest(beta, lambda x: np.clip(x / rmax, 0, 1) ** 2).pvalue > 1e-3
+    assert (beta > 0.9 * rmax).mean() == pytest.approx(1 - 0.81, abs=0.03)   # the near-caustic ring
+
+
+def test_sources_behind_the_lens_are_drawn_by_their_cross_section():
+    """With cross_section_weighting a galaxy behind a z_l = 0.5 lens is drawn with probability
+    proportional to (D_ls / D_s)^2 (astropy distances), never one in front."""
+    raw = yaml.safe_load(CONF.read_text())
+    raw["configs"] = [{"name": "cosmos"}]
+    plan = priors.parse_config(raw, "t")
+    z = np.array([0.3, 0.55, 0.7, 1.0, 1.5, 2.5])
+    bank = manifest.BankSources(size=6, zphot=z, mag_r=np.full(6, 24.0), cosmology=COSMO)
+    hosts = _hosts(6000)
+    hosts["z_l"] = 0.5
+    inj = manifest.build_tasks(hosts, plan, bank, manifest.config_hashes(plan, bank), "v")
+    counts = np.bincount(inj.loc[~inj["is_control"], "src_index"].astype(int), minlength=6)
+    c = get_cosmology(COSMO)
+    w = np.array([(c.angular_diameter_distance_z1z2(0.5, zs) / c.angular_diameter_distance(zs)).value ** 2
+                  if zs >= 0.6 else 0.0 for zs in z])
+    assert counts[:2].sum() == 0
+    expected = w / w.sum() * counts.sum()
+    print("drawn", counts[2:], "expected", expected[2:].round(0))
+    assert stats.chisquare(counts[2:], expected[2:]).pvalue > 1e-3
+    assert stats.chisquare(counts[2:]).pvalue < 1e-6            # not uniform
 
 
 def test_no_galaxy_behind_the_lens_leaves_named_nulls():

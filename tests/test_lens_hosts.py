@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from udfs.config.provenance import REPO_ROOT
-from udfs.lensing.deflector import absolute_mag_r, tractor_to_stamp
+from udfs.lensing.deflector import tractor_to_stamp
+from udfs.sources.red_galaxy import absolute_mag_r
 from udfs.schemas.targets import TARGET_SCHEMA
 from udfs.sources.cosmology import get_cosmology
 from udfs.targets import lens_hosts as lh

@@ -3,10 +3,8 @@ and mass shape, all from the host's own light.
 
 Chain (per target; every step vectorised over targets):
 
-1. Luminosity. ``M_r = m_r - DM(z_l) - K_r(z_l)``: ``m_r`` the extinction-corrected DECam r AB
-   magnitude, ``DM`` the distance modulus of the configured astropy cosmology, ``K_r`` the
-   K-correction of GalSim's CWW elliptical template (``CWW_E_ext``) observed through DECam r at
-   ``z_l`` versus at rest (:func:`k_correction_r`).
+1. Luminosity. ``M_r = m_r - DM(z_l) - K_r(z_l)`` (:func:`udfs.sources.red_galaxy.absolute_mag_r`:
+   the CWW elliptical template's K-correction in DECam r).
 2. Velocity dispersion. A Faber-Jackson power law ``sigma = sigma_* (L / L_*)^(1/alpha)`` with
    ``L / L_* = 10^(-0.4 (M_r - M_*(z)))`` and log-normal intrinsic scatter ``scatter_dex``. Defaults
    (``conf/injection_priors.yaml``): Parker et al. (2007, ApJ 669, 21; weak lensing of SDSS lens
@@ -26,65 +24,15 @@ Chain (per target; every step vectorised over targets):
    WCS has +x pointing West and +y North, so ``phi = 1/2 atan2(e2, e1) + pi/2``, i.e. the Tractor
    position angle (East of North) plus 90 degrees. This is the convention the survey's own model
    image of a real DEV galaxy obeys (tests), and the one the demo sky renders with.
-
-Redshift of the host without a photo-z (:func:`colour_redshift`): the redshift at which the CWW
-elliptical template's DECam g-r and r-z colours are nearest (least squares, equal weights) to the
-host's, on a 0.01 grid over [0.02, 1.5]. On the 408 Stein et al. (2021) training lenses with a
-spectroscopic redshift: median (z_est - z_spec) / (1 + z_spec) = -0.024, NMAD 0.022, 14% beyond 0.1.
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 
-from udfs.sources.colours import DECAM_FILTERS, ab_mags, redshifted
 from udfs.sources.cosmology import get_cosmology
 
 C_KM_S = 299_792.458
 RAD_TO_ARCSEC = 180.0 / np.pi * 3600.0
-RED_TEMPLATE = "CWW_E_ext"
-Z_GRID = np.round(np.arange(0.0, 1.5 + 1e-9, 0.01), 2)
-Z_MIN_ESTIMATE = 0.02
-
-
-@lru_cache(maxsize=1)
-def _template_grid() -> np.ndarray:
-    """(len(Z_GRID), 3) DECam g, r, z AB magnitudes of the elliptical template at each grid z
-    (unnormalised: only differences are used)."""
-    return np.array([ab_mags(*redshifted(RED_TEMPLATE, z), DECAM_FILTERS) for z in Z_GRID])
-
-
-@lru_cache(maxsize=1)
-def _rest_r() -> float:
-    from udfs.sources.colours import template
-
-    return float(ab_mags(*template(RED_TEMPLATE), DECAM_FILTERS)[1])
-
-
-def colour_redshift(mag_g, mag_r, mag_z) -> np.ndarray:
-    """Red-sequence redshift estimate from DECam g, r, z (see the module docstring); NaN where a
-    magnitude is missing."""
-    g, r, z = (np.asarray(m, dtype=float) for m in (mag_g, mag_r, mag_z))
-    grid = _template_grid()
-    gr, rz = grid[:, 0] - grid[:, 1], grid[:, 1] - grid[:, 2]
-    chi2 = ((g - r)[:, None] - gr[None]) ** 2 + ((r - z)[:, None] - rz[None]) ** 2
-    chi2 = np.where(np.isfinite(chi2) & (Z_GRID >= Z_MIN_ESTIMATE)[None], chi2, np.inf)
-    out = Z_GRID[np.argmin(chi2, axis=1)]
-    return np.where(np.isfinite(g) & np.isfinite(r) & np.isfinite(z), out, np.nan)
-
-
-def k_correction_r(z) -> np.ndarray:
-    """K-correction (mag) of the elliptical template in DECam r: observed-frame r magnitude at ``z``
-    minus rest-frame r magnitude minus the distance modulus (interpolated on the template grid)."""
-    return np.interp(np.asarray(z, dtype=float), Z_GRID, _template_grid()[:, 1] - _rest_r())
-
-
-def absolute_mag_r(mag_r, z_l, cosmology: str) -> np.ndarray:
-    """Rest-frame DECam r absolute AB magnitude of a red galaxy of apparent ``mag_r`` at ``z_l``."""
-    z_l = np.asarray(z_l, dtype=float)
-    dm = get_cosmology(cosmology).distmod(z_l).value
-    return np.asarray(mag_r, dtype=float) - dm - k_correction_r(z_l)
 
 
 def faber_jackson_sigma(abs_mag_r, z_l, *, sigma_star: float, alpha: float, mstar_h: float,

@@ -59,8 +59,11 @@ def condition_fields(bands: str = SURVEY_BANDS) -> list[tuple[str, pa.DataType, 
 def psf_noise_fields(bands: str = SURVEY_BANDS) -> list[tuple[str, pa.DataType, str]]:
     """(name, type, unit) of how the arc's PSF and noise were made (every ok row): ``psf_source_<b>``
     (the cutout's ``psf_source``, or the stage-5 model that replaced it) and ``noise_corr_<b>`` (the
-    cutout's measured neighbour-pixel noise correlation, given to the arc's shot noise with ``arc_noise_texture``)."""
-    return [(f"psf_source_{b}", _S, "") for b in bands] + [(f"noise_corr_{b}", _D, _ONE) for b in bands]
+    cutout's measured neighbour-pixel noise correlation, given to the arc's shot noise with ``arc_noise_texture``)
+    and on injected rows ``noise_kernel_sum_<b>``: the sum of the texture kernel the arc's shot noise
+    was given (1 for white noise; null without arc noise), which scales the summed noise (flux accounting)."""
+    return ([(f"psf_source_{b}", _S, "") for b in bands] + [(f"noise_corr_{b}", _D, _ONE) for b in bands]
+            + [(f"noise_kernel_sum_{b}", _D, _ONE) for b in bands])
 
 
 def metric_fields(bands: str = SURVEY_BANDS) -> list[tuple[str, pa.DataType, str]]:

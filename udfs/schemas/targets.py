@@ -10,7 +10,7 @@ and meanings are in each field's metadata (``unit``, ``doc``); the schema itself
 - shape: the Tractor model's ``shape_r, shape_e1, shape_e2`` (DR9+ ``SHAPE_*``; DR8 the DEV or EXP
   columns of its type, the dominant one for COMP; 0 for PSF), as on the sky;
 - ``z_l``: the photo-z companion file's ``Z_PHOT_MEDIAN`` when given, else the red-sequence colour
-  estimate of :func:`udfs.lensing.deflector.colour_redshift`; ``zl_source`` says which;
+  estimate of :func:`udfs.sources.red_galaxy.colour_redshift`; ``zl_source`` says which;
 - ``healpix``: NESTED pixel at ``healpix_nside``; ``split``: train/val/test (or as configured), one
   label per cell (:mod:`udfs.targets.splits`).
 """

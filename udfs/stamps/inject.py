@@ -19,8 +19,13 @@ Each row records ``psf_source_<b>``. Arc shot noise: Poisson, then given the cut
 noise texture (``noise_kernel``, with ``arc_noise_texture``) as the coadd's resampling gives it
 to every photon; each row records the cutout's neighbour correlation ``noise_corr_<b>``.
 
-Colours: ``src_mag_g = src_mag_r + g_r`` and ``src_mag_z = src_mag_r - r_z`` of the bank row;
-magnitudes are as observed (no further extinction). With ``rescale_to_src_z`` the bank image's
+Colours: r is the task's ``src_mag_r`` (unlensed, at ``src_z``). A task whose ``src_z`` equals
+the bank row's ``zphot`` (the source "as it is") takes the bank row's colours,
+``src_mag_g = src_mag_r + g_r`` and ``src_mag_z = src_mag_r - r_z``; a task that moves the source
+(``src_z != zphot``) takes the colours of the row's SED at ``src_z``
+(:func:`udfs.sources.sed.magnitudes_at` of ``sed_coeff``, shifted so that r = ``src_mag_r``: K-corrected
+colours), and refuses a bank without ``sed_coeff`` (:data:`SED_COLUMN`). Magnitudes are as
+observed (no further extinction). With ``rescale_to_src_z`` the bank image's
 angular size is scaled by ``D_A(zphot) / D_A(src_z)`` (:mod:`udfs.sources.cosmology`), recorded as
 ``src_size_scale``. Sersic tasks with null Sersic parameters take the bank row's Sersic twin.
 """
@@ -40,8 +45,9 @@ from udfs.lensing.arc_metrics import CORE_RADIUS_ARCSEC
 from udfs.lensing.arcs import Sources, inject, render_arcs
 from udfs.lensing.lens_model import Lens
 from udfs.schemas import stamps as schema
-from udfs.sources.bank import SourceBank
+from udfs.sources.bank import BankError, SourceBank
 from udfs.sources.cosmology import angular_size_ratio
+from udfs.sources.sed import magnitudes_at
 from udfs.survey.bands import SURVEY_BANDS, check_bands
 from udfs.survey.psf import psf_kernel, psfex_kernel
 from udfs.survey.target_psf import DEFAULT_MOFFAT_BETA
@@ -52,6 +58,9 @@ DEFAULT_CONFIG = str(REPO_ROOT / "conf" / "injection.yaml")
 #: bank meta columns the injection reads (colours, photo-z, Sersic twin, morphology)
 BANK_COLUMNS = ("g_r", "r_z", "zphot", "sersic_n", "sersic_hlr_arcsec", "sersic_q", "sersic_phi_rad",
                 "gini", "m20", "clumpiness", "hlr_arcsec")
+#: bank meta column a task needs when it moves its source to ``src_z != zphot`` (its SED; banks
+#: built before it existed lack it, and work for tasks at the bank's own zphot)
+SED_COLUMN = "sed_coeff"
 
 
 @dataclass(frozen=True)
@@ -236,13 +245,31 @@ def _sersic(rows: pd.DataFrame, meta: dict, idx: np.ndarray, size_scale: np.ndar
     return out
 
 
+def _source_mags(rows: pd.DataFrame, meta: dict, idx: np.ndarray, cosmology: str) -> dict[str, np.ndarray]:
+    """Unlensed g, r, z per task: r = ``src_mag_r``; bank colours at the row's own zphot, the SED's
+    colours at ``src_z`` for a moved source (see module doc)."""
+    mag_r = rows["src_mag_r"].to_numpy(dtype=float)
+    g_r, r_z = meta["g_r"][idx].astype(float), meta["r_z"][idx].astype(float)
+    zphot = meta["zphot"][idx].astype(float)
+    src_z = pd.to_numeric(rows["src_z"], errors="coerce").to_numpy(float) if "src_z" in rows else zphot
+    moved = np.abs(src_z - zphot) > 1e-6 * (1.0 + zphot)    # float32 round trips are not moves
+    if moved.any():
+        if SED_COLUMN not in meta:
+            first = (rows["task_id"] if "task_id" in rows else rows.index).to_numpy()[moved][0]
+            raise BankError(f"bank meta lacks column {SED_COLUMN!r}: {int(moved.sum())} task(s) move their "
+                            f"source to src_z != zphot (first: task {first}, "
+                            f"src_z {src_z[moved][0]:g}, zphot {zphot[moved][0]:g}); rebuild the bank")
+        at_z = magnitudes_at(np.asarray(meta[SED_COLUMN][idx[moved]], dtype=float), src_z[moved], cosmology)
+        g_r[moved], r_z[moved] = at_z[:, 0] - at_z[:, 1], at_z[:, 1] - at_z[:, 2]
+    return {"r": mag_r, "g": mag_r + g_r, "z": mag_r - r_z}
+
+
 def _inject(rows: pd.DataFrame, images, invvar, kernels, texture, bank: SourceBank, settings, n, cosmology):
     """Render and add arcs for the injected ``rows``: ``(arcs, injected images, truth and metrics)``,
     the last a dict of per-row arrays keyed by stamp column."""
     idx = rows["src_index"].to_numpy(dtype=np.int64)
     meta = bank.meta
-    mag_r = rows["src_mag_r"].to_numpy(dtype=float)
-    mags = {"r": mag_r, "g": mag_r + meta["g_r"][idx], "z": mag_r - meta["r_z"][idx]}
+    mags = _source_mags(rows, meta, idx, cosmology)
     sersic = (rows["src_mode"] == "sersic").to_numpy()
     size_scale = np.ones(len(rows))
     zphot = meta["zphot"][idx]
@@ -268,6 +295,9 @@ def _inject(rows: pd.DataFrame, images, invvar, kernels, texture, bank: SourceBa
                                   seeds, noise=settings.arc_noise, core_radius=settings.core_radius_arcsec,
                                   noise_kernels=texture)
     truth = {f"src_mag_{b}": mags[b] for b in settings.bands}
+    for k, b in enumerate(settings.bands):  # the texture kernel's sum scales the arc's summed noise
+        ksum = np.ones(len(rows)) if texture is None else texture[:, k].sum(axis=(1, 2))
+        truth[f"noise_kernel_sum_{b}"] = ksum if settings.arc_noise else np.full(len(rows), np.nan)
     truth.update(src_size_scale=size_scale, src_zphot=zphot)
     for col, bank_col in (("src_gini", "gini"), ("src_m20", "m20"), ("src_clumpiness", "clumpiness"),
                           ("src_hlr_arcsec", "hlr_arcsec")):

@@ -30,6 +30,7 @@ its origin); ``full_brick=True`` writes all 3600x3600 pixels.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
@@ -298,12 +299,18 @@ def write_sky_for_targets(targets: pd.DataFrame, catalog: pd.DataFrame, base: st
     return out
 
 
+@functools.lru_cache(maxsize=2)
+def _catalogs_once(catalogs: tuple[str, ...], bands: str) -> pd.DataFrame:
+    """:func:`read_catalogs`, once per Python worker for the same files (one brick per batch)."""
+    return read_catalogs(list(catalogs), bands)
+
+
 def render_partition(batches, catalogs: list[str], base: str, opts: dict):
     """Spark task body (mapInPandas over target rows brickname, ra, dec, partitioned by brick):
     render and write each brick; yields one ``(brickname, summary JSON)`` row per brick."""
     for batch in batches:
         if batch.empty:
             continue
-        cat = read_catalogs(catalogs, opts["bands"])
+        cat = _catalogs_once(tuple(catalogs), opts["bands"])
         for s in write_sky_for_targets(batch, cat, base, **opts):
             yield pd.DataFrame({"brickname": [s["brickname"]], "summary": [json.dumps(s, sort_keys=True)]})

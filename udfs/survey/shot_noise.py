@@ -39,13 +39,14 @@ def gain_estimate(invvar: np.ndarray, band: str, pixel_scale: float) -> float:
 def add_poisson_noise(arc: np.ndarray, gain: float, rng: np.random.Generator,
                       kernel: np.ndarray | None = None) -> np.ndarray:
     """One band's arc (nanomaggies) with its shot noise. White (``kernel=None``): pixels with
-    ``arc <= 0`` stay exactly 0. With a texture ``kernel`` (module doc) the noise is correlated."""
+    ``arc <= 0`` keep the arc's value (0, or a measured PSF's negative wing) with no noise. With a
+    texture ``kernel`` (module doc) the noise is correlated."""
     if not gain > 0:
         raise ParameterError(f"gain must be > 0 electrons/nanomaggy, got {gain}")
     lam = np.where(arc > 0, arc, 0.0) * gain
     noisy = rng.poisson(lam) / gain
     if kernel is None:
-        return noisy.astype(arc.dtype)
+        return np.where(arc > 0, noisy, arc).astype(arc.dtype)
     k = np.asarray(kernel, np.float64)
     k = k / np.sqrt(np.sum(k * k))
     residual = noisy - lam / gain

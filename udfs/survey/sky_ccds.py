@@ -29,6 +29,7 @@ stack at a target is the sky's PSF there, cropped to its flux fraction. Bytes ar
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
 import posixpath
@@ -70,6 +71,7 @@ def _hdul_bytes(hdus: list) -> bytes:
     return buf.getvalue()
 
 
+@functools.lru_cache(maxsize=8)
 def moved_model_bytes(uri: str) -> tuple[bytes, str]:
     """Row 0 of a Legacy Survey PSFEx file (the row :func:`udfs.survey.psf.psfex_kernel` uses) with
     POLZERO1/2 moved to the brick centre, as FITS bytes; and its ccdname ('' without the column)."""
@@ -91,14 +93,20 @@ def moved_model_bytes(uri: str) -> tuple[bytes, str]:
     return _hdul_bytes([hdu]), ccdname
 
 
+@functools.lru_cache(maxsize=8)
+def _moved_model(uri: str):
+    """The GalSim PSFEx model of :func:`moved_model_bytes` (read once per worker; never modified)."""
+    with fits.open(io.BytesIO(moved_model_bytes(uri)[0])) as hdul:
+        return des_psfex(hdul[1], 0)
+
+
 class PseudoCCD:
     """One band's pseudo-CCD on ``brick`` with the PSFEx model ``uri`` moved onto it (module doc)."""
 
     def __init__(self, brick: Brick, band: str, uri: str):
         self.brick, self.band, self.origin = brick, band, str(uri)
         self.model_bytes, self.ccdname = moved_model_bytes(self.origin)
-        with fits.open(io.BytesIO(self.model_bytes)) as hdul:
-            self.model = des_psfex(hdul[1], 0)
+        self.model = _moved_model(self.origin)
         # the stamp psf_at_target draws a CCD's model on (identity Jacobian)
         self.size = 2 * int(math.ceil(63 * float(self.model.sample_scale) / 2.0)) + 1
         self.image_filename = f"sample-sky/{brick.name}-{band}"

@@ -10,7 +10,7 @@ Redshift ``z_l``: the photo-z companion file of the catalogue when one is given
 (``<stem>-pz.fits`` in the ``--photo-z`` folder, the DR9/DR10 layout of ``sweep/<dr>-photo-z/``,
 matched row by row on ``RELEASE, BRICKID, OBJID``; ``Z_PHOT_MEDIAN``; ``zl_source =
 "pz_file:<file name>"``), else the red-sequence colour estimate
-(:func:`udfs.lensing.deflector.colour_redshift`, ``zl_source = "colour_estimate"``).
+(:func:`udfs.sources.red_galaxy.colour_redshift`, ``zl_source = "colour_estimate"``).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import posixpath
 import numpy as np
 
 from udfs.io import storage
-from udfs.lensing.deflector import colour_redshift
+from udfs.sources.red_galaxy import colour_redshift
 from udfs.survey.tractor_catalog import CatalogError
 
 PZ_COLUMNS = ("RELEASE", "BRICKID", "OBJID", "Z_PHOT_MEDIAN")

@@ -13,7 +13,7 @@ The lists give no shapes, so the light gets documented ones (``shape_source = "a
 
 - half-light radius from the early-type size-luminosity relation of Shen et al. (2003, MNRAS 343,
   978, eq. 14, SDSS r): ``log10(R_50 / kpc) = -0.4 a M_r + b``, ``a = 0.65``, ``b = -5.06``, with
-  ``M_r`` the rest-frame absolute magnitude (:func:`udfs.lensing.deflector.absolute_mag_r`),
+  ``M_r`` the rest-frame absolute magnitude (:func:`udfs.sources.red_galaxy.absolute_mag_r`),
   turned into arcsec with the cosmology's angular-diameter distance;
 - axis ratio from a normal distribution truncated to [low, high] (default 0.75 +- 0.15 in
   [0.3, 1], the peak and width of SDSS early-type axis ratios), position angle uniform; both from
@@ -38,7 +38,7 @@ from udfs.config.checker import Checker, load_yaml
 from udfs.config.sample_data import expand_data_root
 from udfs.io import storage
 from udfs.io.errors import InputError
-from udfs.lensing.deflector import absolute_mag_r
+from udfs.sources.red_galaxy import absolute_mag_r
 from udfs.schemas.targets import TARGET_SCHEMA
 from udfs.sources.cosmology import get_cosmology
 from udfs.survey.bands import SURVEY_BANDS
