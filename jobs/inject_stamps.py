@@ -31,8 +31,8 @@ from udfs.io.datasets import DatasetError, dataset_files, open_dataset, partitio
 from udfs.schemas import cutouts
 from udfs.schemas import stamps as schema
 from udfs.sources.bank import read_bank_info
-from udfs.stamps.inject import BANK_COLUMNS, DEFAULT_CONFIG, inject_partition, load_settings
-from udfs.stamps.manifest import resolve_manifest
+from udfs.stamps.inject import BANK_COLUMNS, DEFAULT_CONFIG, SED_COLUMN, inject_partition, load_settings
+from udfs.stamps.manifest import moves_sources, resolve_manifest
 from udfs.stamps.summary import read_status, summarise
 
 
@@ -75,6 +75,8 @@ def main(argv=None) -> int:
         raise DatasetError(f"{args.cutouts}: band order {bands!r} differs from {args.config} bands {settings.bands!r}")
     bank.check_meta(BANK_COLUMNS)
     manifest = resolve_manifest(args.manifest)
+    if moves_sources(manifest):  # re-coloured through their SEDs: refuse an old bank here, not in a task
+        bank.check_meta([SED_COLUMN])
     summary = run(args, manifest, settings, n, bank)
     print(json.dumps(summary, indent=1, sort_keys=True))
     print(f"stamps: {args.output}")

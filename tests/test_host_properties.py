@@ -24,7 +24,7 @@ def _write_pz(path, cols, z):
 def test_targets_carry_the_hosts_shape_and_redshift(data_root, tmp_path):
     """The DR8 DEV LRG keeps its SHAPEDEV shape; its z_l is the colour estimate, or the photo-z
     companion's Z_PHOT_MEDIAN when one is given; a companion of other rows is refused."""
-    from udfs.lensing.deflector import colour_redshift
+    from udfs.sources.red_galaxy import colour_redshift
     from udfs.targets.host_properties import photo_z_file
 
     cat = read_catalog(_sweep(data_root))

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from jobs import build_manifest, inject_stamps, make_cutouts, make_sample_sky, select_lrgs
 from jobs.spark import dataset_files
@@ -35,8 +36,10 @@ def inputs(tmp_path_factory, spark, bank_path, data_root):
     cats = [str(ls / "dr8_sweeps"), str(ls / "dr8_tractor"), str(ls / "dr9_tractor")]
     assert select_lrgs.main(["--input", *cats, "--output", str(d / "targets"),
                              "--config", str(CONF / "demo_lrg_selection.yaml")]) == 0
-    priors = CONF / "demo_injection_priors.yaml"
-    assert build_manifest.main(["--targets", str(d / "targets"), "--config", str(priors),
+    priors = yaml.safe_load((CONF / "demo_injection_priors.yaml").read_text())
+    priors["replicates"] = 3   # 3 LRGs: several rows per target and label
+    (d / "priors.yaml").write_text(yaml.safe_dump(priors))
+    assert build_manifest.main(["--targets", str(d / "targets"), "--config", str(d / "priors.yaml"),
                                 "--output", str(d / "manifest"), "--bank", bank_path]) == 0
     sky = load_sky_config(str(CONF / "demo_sky.yaml"))  # the demo's sky: real PSFEx models and texture
     assert make_sample_sky.main(["--targets", str(d / "targets"), "--catalogs", *cats[1:], cats[0],

@@ -17,6 +17,7 @@ from udfs.io.datasets import DatasetError
 from udfs.config.limits import SERSIC_N_RANGE
 from udfs.schemas.manifest import MANIFEST_SCHEMA
 from udfs.stamps import manifest, priors
+from tests.stage1_helpers import small_bank
 
 CONF = REPO_ROOT / "conf" / "injection_priors.yaml"
 BANK = manifest.BankSources(size=57)
@@ -256,3 +257,45 @@ def test_target_checks_name_the_column():
     with pytest.raises(DatasetError, match=r"t: column psf_fwhm_r: 4 null values"):
         manifest.check_targets("t", 3, None, {"ra": 0, "psf_fwhm_r": 4})
     manifest.check_targets("t", 3, None, {"ra": 0})
+
+
+def test_manifest_job_bad_targets_exit_2(spark, tmp_path, capsys):
+    import pandas as pd
+
+    from jobs import build_manifest
+
+    (tmp_path / "t").mkdir()
+    pd.DataFrame({"target_id": ["1-2-3"], "ra": [1.0]}).to_parquet(tmp_path / "t" / "part-00000.parquet")
+    conf = str(REPO_ROOT / "conf" / "injection_priors.yaml")
+    bank, _ = small_bank("local", str(tmp_path), tmp_path)
+    rc = build_manifest.main(["--targets", str(tmp_path / "t"), "--config", conf, "--output", str(tmp_path / "m"), *bank])
+    err = capsys.readouterr().err
+    assert rc == 2 and "missing columns dec, brickname, split, psf_fwhm_g" in err
+    rc = build_manifest.main(["--targets", str(tmp_path / "t"), "--config", conf, "--output", str(tmp_path / "m")])
+    assert rc == 2 and "lens_mode deflector or the galaxies' own redshift or brightness, so --bank PATH" in \
+        capsys.readouterr().err
+    rc = build_manifest.main(["--targets", str(tmp_path / "none"), "--config", conf, "--output", str(tmp_path / "m"),
+                              *bank])
+    assert rc == 2 and "none: no Parquet files found" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(open(conf).read().replace("replicates: 2 ", "replicates: two "))
+    rc = build_manifest.main(["--targets", str(tmp_path / "t"), "--config", str(bad), "--output", str(tmp_path / "m"),
+                              *bank])
+    assert rc == 2 and "bad.yaml: replicates: expected an integer, got 'two'" in capsys.readouterr().err
+
+
+def test_stage5_knows_when_a_manifest_moves_sources(tmp_path):
+    """Stage 5 asks for the bank's SEDs only when a config moves galaxies (src_redshift: prior; a
+    manifest from before that key moved them too)."""
+    def write(folder, config):
+        folder.mkdir()
+        (folder / "_manifest.json").write_text(json.dumps({"config": config}))
+        return str(folder)
+
+    shipped = yaml.safe_load(CONF.read_text())
+    assert not manifest.moves_sources(write(tmp_path / "own", shipped))
+    moved = copy.deepcopy(shipped)
+    moved["configs"][1]["src_redshift"] = "prior"
+    assert manifest.moves_sources(write(tmp_path / "moved", moved))
+    assert manifest.moves_sources(write(tmp_path / "old", raw_config() | {"defaults": {"src_z": {}}}))
+    assert not manifest.moves_sources(str(tmp_path / "nothing"))

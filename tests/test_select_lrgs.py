@@ -328,29 +328,3 @@ def test_select_job_bad_input_exits_2_naming_file_and_column(spark, data_root, t
     assert not (tmp_path / "out").exists()
     rc = select_lrgs.main(["--input", str(tmp_path / "none*.fits"), "--output", str(tmp_path / "out")])
     assert rc == 2 and "no catalogue files found" in capsys.readouterr().err
-
-
-def test_manifest_job_bad_targets_exit_2(spark, tmp_path, capsys):
-    import pandas as pd
-
-    from jobs import build_manifest
-
-    (tmp_path / "t").mkdir()
-    pd.DataFrame({"target_id": ["1-2-3"], "ra": [1.0]}).to_parquet(tmp_path / "t" / "part-00000.parquet")
-    conf = str(REPO_ROOT / "conf" / "injection_priors.yaml")
-    bank, _ = small_bank("local", str(tmp_path), tmp_path)
-    rc = build_manifest.main(["--targets", str(tmp_path / "t"), "--config", conf, "--output", str(tmp_path / "m"), *bank])
-    err = capsys.readouterr().err
-    assert rc == 2 and "missing columns dec, brickname, split, psf_fwhm_g" in err
-    rc = build_manifest.main(["--targets", str(tmp_path / "t"), "--config", conf, "--output", str(tmp_path / "m")])
-    assert rc == 2 and "lens_mode deflector or the galaxies' own redshift or brightness, so --bank PATH" in \
-        capsys.readouterr().err
-    rc = build_manifest.main(["--targets", str(tmp_path / "none"), "--config", conf, "--output", str(tmp_path / "m"),
-                              *bank])
-    assert rc == 2 and "none: no Parquet files found" in capsys.readouterr().err
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(open(conf).read().replace("replicates: 2 ", "replicates: two "))
-    rc = build_manifest.main(["--targets", str(tmp_path / "t"), "--config", str(bad), "--output", str(tmp_path / "m"),
-                              *bank])
-    assert rc == 2 and "bad.yaml: replicates: expected an integer, got 'two'" in capsys.readouterr().err
-

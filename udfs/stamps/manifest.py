@@ -42,6 +42,18 @@ def needs_bank_meta(plan: ManifestPlan) -> bool:
                for c in plan.configs)
 
 
+def moves_sources(location: str) -> bool:
+    """Whether the manifest at ``location`` (its ``_manifest.json``; False without one) has a config
+    that moves bank galaxies to another redshift (``src_redshift: prior``, also what a manifest from
+    before that key did): stage 5 then needs their SEDs."""
+    summary = storage.join(location, SUMMARY_FILE)
+    if not storage.exists(summary):
+        return False
+    raw = json.loads(storage.read_bytes(summary)).get("config") or {}
+    default = (raw.get("defaults") or {}).get("src_redshift", "prior")
+    return any(entry.get("src_redshift", default) == "prior" for entry in raw.get("configs") or [])
+
+
 def needs_deflector_columns(plan: ManifestPlan) -> bool:
     return any(c.lens_mode == "deflector" for c in plan.configs)
 

@@ -208,19 +208,8 @@ def parse_config(raw: dict, source: str = "<config>") -> ManifestPlan:
         merged.update(copy.deepcopy({k: v for k, v in entry.items() if k != "name"}))
         where = lambda k: f"{key}.{k}" if k in entry else f"defaults.{k}"  # noqa: E731
         mode = c.string(merged, "src_mode", where("src_mode"), choices=SRC_MODES)
-        lens_mode = c.string(merged, "lens_mode", where("lens_mode"), choices=LENS_MODES)
-        src_z_mode = c.string(merged, "src_redshift", where("src_redshift"), choices=OWN_OR_PRIOR)
-        src_b_mode = c.string(merged, "src_brightness", where("src_brightness"), choices=OWN_OR_PRIOR)
+        (lens_mode, src_z_mode, src_b_mode), deflector = _modes(c, merged, entry, where)
         params = _used_params(lens_mode, src_z_mode, src_b_mode) + (SERSIC_PARAMS if mode == "sersic" else ())
-        for p in sorted(set(COMMON_PARAMS) - set(params)):
-            if p in entry:
-                raise c.fail(where(p), f"not used with lens_mode {lens_mode}, src_redshift {src_z_mode}, "
-                                       f"src_brightness {src_b_mode}: remove it")
-        deflector = None
-        if lens_mode == "deflector":
-            deflector = _deflector(c, c.mapping(merged, "deflector", where("deflector")), where("deflector"))
-        elif "deflector" in entry:
-            raise c.fail(where("deflector"), "only used with lens_mode deflector: remove it")
         priors = {p: _prior(c, c.get(merged, p, where(p)), where(p), p) for p in params}
         pos = c.get(merged, "src_position", where("src_position"))
         if not isinstance(pos, dict):
@@ -239,6 +228,23 @@ def parse_config(raw: dict, source: str = "<config>") -> ManifestPlan:
                                        deflector=deflector))
     return ManifestPlan(version=version, replicates=replicates, paired_controls=paired,
                         bank_size=bank_size, n_buckets=n_buckets, configs=tuple(configs), raw=raw)
+
+
+def _modes(c: Checker, merged: dict, entry: dict, where) -> tuple[tuple[str, str, str], Deflector | None]:
+    """``((lens_mode, src_redshift, src_brightness), deflector)`` of a config; an entry that sets a
+    prior (or the deflector block) its modes do not use is refused."""
+    modes = (c.string(merged, "lens_mode", where("lens_mode"), choices=LENS_MODES),
+             c.string(merged, "src_redshift", where("src_redshift"), choices=OWN_OR_PRIOR),
+             c.string(merged, "src_brightness", where("src_brightness"), choices=OWN_OR_PRIOR))
+    for p in sorted(set(COMMON_PARAMS) - set(_used_params(*modes))):
+        if p in entry:
+            raise c.fail(where(p), f"not used with lens_mode {modes[0]}, src_redshift {modes[1]}, "
+                                   f"src_brightness {modes[2]}: remove it")
+    if modes[0] == "deflector":
+        return modes, _deflector(c, c.mapping(merged, "deflector", where("deflector")), where("deflector"))
+    if "deflector" in entry:
+        raise c.fail(where("deflector"), "only used with lens_mode deflector: remove it")
+    return modes, None
 
 
 def _used_params(lens_mode: str, src_redshift: str, src_brightness: str) -> tuple[str, ...]:
