@@ -147,3 +147,23 @@ def test_wide_features_fit_in_the_rows_span_with_the_same_scores():
         plain = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000, tol=1e-10))
         ref = plain.fit(x[train], y[train]).decision_function(x[test])
         np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_between_group_null_for_one_label_per_group():
+    """Injections vs real lenses: every target holds one label. The within-target shuffle then
+    changes nothing (null = observed AUC); the between-target shuffle gives a real null."""
+    rng = np.random.default_rng(8)
+    groups = np.repeat(np.arange(40), 4)
+    y = (groups % 2).astype(int)
+    same = rng.normal(size=(160, 30))
+    within = grouped_auc(same, y, groups, folds=5, n_permutations=10, seed=1)
+    assert within["null_aucs"]["q0.5"] == pytest.approx(within["auc"])        # uninformative
+    between = grouped_auc(same, y, groups, folds=5, n_permutations=20, seed=1, null="between")
+    assert between["null"] == "between" and abs(between["null_aucs"]["q0.5"] - 0.5) < 0.1
+    assert between["p_value"] > 0.05
+    planted = same.copy()
+    planted[y == 1, :5] += 1.5
+    found = grouped_auc(planted, y, groups, folds=5, n_permutations=20, seed=1, null="between")
+    assert found["auc"] > 0.9 and found["p_value"] == pytest.approx(1 / 21)
+    with pytest.raises(ValueError, match="one label each"):
+        grouped_auc(same, rng.integers(0, 2, 160), groups, folds=5, n_permutations=2, null="between")

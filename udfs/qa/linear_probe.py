@@ -25,6 +25,9 @@ permuted WITHIN each group: in a paired design this swaps which member of a pair
 pairs) is "label 1" and keeps every group's label balance, so a classifier that only recognises
 groups scores ~0.5 under the null. A group whose labels are all equal is left as is.
 ``p_value = (1 + #{null AUC >= auc}) / (1 + n_permutations)`` (its minimum is ``1 / (1 + n)``).
+``null="between"`` instead shuffles whole groups' labels among the groups, for designs where each
+group holds one label (injections vs real lenses: each target is one or the other), where the
+within-group shuffle would change nothing.
 
 Refusal. Fewer distinct groups than ``max(min_groups, folds)``: no fit, a dict with ``auc: None``,
 ``refused: True`` and a ``note`` naming the count (:func:`refusal`). Non-finite features are set
@@ -124,9 +127,18 @@ def _bootstrap_interval(y, scores, group_index, n_groups, n_bootstrap, confidenc
     return [float(np.quantile(aucs, alpha)), float(np.quantile(aucs, 1 - alpha))]
 
 
+def permute_between_groups(y: np.ndarray, group_index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``y`` with whole groups' labels shuffled among the groups (each group must hold one label)."""
+    labels = np.zeros(int(group_index.max()) + 1, dtype=y.dtype)
+    labels[group_index] = y
+    if np.any(labels[group_index] != y):
+        raise ValueError("a between-group null needs groups that hold one label each")
+    return labels[rng.permutation(len(labels))][group_index]
+
+
 def grouped_auc(x, y, groups, *, folds: int = 5, c: float = 1.0, n_permutations: int = 20, seed: int = 0,
                 confidence: float = 0.95, min_groups: int = 0, n_bootstrap: int = 1000,
-                group_label: str = "groups") -> dict:
+                group_label: str = "groups", null: str = "within") -> dict:
     """Cross-validated AUC of label 1 vs 0 with folds grouped by ``groups`` (module doc).
 
     ``x``: (n_rows, n_features); ``y``: 0/1 labels; ``groups``: one hashable id per row.
@@ -153,19 +165,20 @@ def grouped_auc(x, y, groups, *, folds: int = 5, c: float = 1.0, n_permutations:
     scores = _oof_scores(features, y, c)
     auc = _auc(y, scores)
     boot_rng, perm_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    null = np.array([_auc(yp, _oof_scores(features, yp, c))
-                     for yp in (permute_within_groups(y, group_index, perm_rng) for _ in range(n_permutations))],
-                    dtype=np.float64)
+    permute = {"within": permute_within_groups, "between": permute_between_groups}[null]
+    null_aucs = np.array([_auc(yp, _oof_scores(features, yp, c))
+                          for yp in (permute(y, group_index, perm_rng) for _ in range(n_permutations))],
+                         dtype=np.float64)
     n_pos = int(y.sum())
     return {
         "auc": auc, "auc_interval": _bootstrap_interval(y, scores, group_index, n_groups, n_bootstrap,
                                                         confidence, boot_rng),
         "confidence": confidence, "auc_se": auc_standard_error(auc, n_pos, len(y) - n_pos),
         "fold_aucs": [_auc(y[test], scores[test]) for _, test in splits],
-        "null_aucs": ({"q0.5": float(np.median(null)), "q0.95": float(np.quantile(null, 0.95))}
+        "null_aucs": ({"q0.5": float(np.median(null_aucs)), "q0.95": float(np.quantile(null_aucs, 0.95))}
                       if n_permutations else None),
-        "null_mean": float(null.mean()) if n_permutations else None,
-        "p_value": float((1 + np.sum(null >= auc - 1e-12)) / (1 + n_permutations)) if n_permutations else None,
-        "n_permutations": int(n_permutations), "n_groups": n_groups, "n_rows": int(len(x)),
+        "null_mean": float(null_aucs.mean()) if n_permutations else None,
+        "p_value": float((1 + np.sum(null_aucs >= auc - 1e-12)) / (1 + n_permutations)) if n_permutations else None,
+        "n_permutations": int(n_permutations), "null": null, "n_groups": n_groups, "n_rows": int(len(x)),
         "n_features": int(x.shape[1]), "refused": False,
     }

@@ -266,8 +266,8 @@ def nearest(injected: dict[str, np.ndarray], real: dict[str, np.ndarray], k: int
 
 PROBE_NOTE = (f"AUC of a grouped logistic probe, injections (1) vs real lenses (0): 0.5 = indistinguishable; "
               f"the seed project measured {SEED_PROJECT_AUC} for its Sersic injections vs real lenses (the number "
-              f"to beat). Groups (targets) hold one label each, so the within-group permutation null leaves the "
-              f"labels unchanged: its p_value carries no information here; judge by auc_interval.")
+              f"to beat). Groups (targets) hold one label each, so the null shuffles whole targets' labels "
+              f"between targets (null_aucs, p_value); auc_interval bootstraps the targets.")
 
 
 def realism_section(injected: dict[str, np.ndarray], real: dict[str, np.ndarray], probe: dict, *,
@@ -294,10 +294,12 @@ def summary_lines(section: dict) -> list[str]:
     """The printed realism table: the probe's AUC, then one line per measurement."""
     p = section["probe"]
     if p.get("auc") is None:
-        probe = f"probe refused ({p.get('refusal')})"
+        probe = f"probe refused ({p.get('refusal') or p.get('note')})"
     else:
         lo, hi = p.get("auc_interval") or (None, None)
         probe = f"probe AUC {_fmt(p['auc'])} [{_fmt(lo)}, {_fmt(hi)}] (to beat: {SEED_PROJECT_AUC}; 0.5 = indistinguishable)"
+        if p.get("null_aucs"):
+            probe += f", null median {_fmt(p['null_aucs']['q0.5'])} (95% {_fmt(p['null_aucs']['q0.95'])}), p {_fmt(p['p_value'])}"
     lines = [f"realism: {section['n_injected']} injected vs {section['n_real']} real lenses; {probe}",
              f"  {'measurement':<24} {'injected q16/q50/q84':>24} {'real q16/q50/q84':>24} {'n inj/real':>11} "
              f"{'KS p':>8} {'AD p':>8}"]

@@ -138,7 +138,7 @@ def probe(inj_probe, inj_targets, real: dict, rcfg) -> dict:
     groups = [f"injected:{t}" for t in inj_targets] + [f"real:{t}" for t in real["target_id"]]
     out = grouped_auc(x, y, groups, folds=rcfg.probe_folds, c=rcfg.probe_c, n_permutations=rcfg.probe_permutations,
                       seed=rcfg.seed, confidence=rcfg.probe_confidence, min_groups=rcfg.probe_min_groups,
-                      group_label="targets")
+                      group_label="targets", null="between")
     out["pixels"] = f"central {rcfg.probe_pix}x{rcfg.probe_pix} px of g, r, z"
     return out
 
