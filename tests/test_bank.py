@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from jobs import cosmos_source_loader
-from udfs.sources import colours
+from udfs.sources import colours, sed
 from udfs.sources.bank import read_bank
 
 from tests.conftest import BANK_ARGS as ARGS  # the documented test build
+
+COSMOLOGY = "Planck18"
 EXPECTED_SELECTED = 6
 EXPECTED_REJECTED = {"mag_out_of_range": 8, "exceeds_bank_stamp": 1, "sersic_fit_failed": 1}
 
@@ -94,7 +96,9 @@ def test_hsc_colours_transformed_to_decam(bank, btk):
     unit = u.erg / (u.cm ** 2 * u.s * u.Angstrom)
     hsc = speclite.filters.load_filters(*colours.HSC_FILTERS).get_ab_magnitudes(flam * unit, w1 * u.Angstrom)
     dec = speclite.filters.load_filters(*colours.DECAM_FILTERS).get_ab_magnitudes(flam * unit, w1 * u.Angstrom)
-    got = colours.hsc_to_decam(np.array([hsc[n][0] for n in hsc.colnames]), z)
+    hsc_mags = np.array([[hsc[n][0] for n in hsc.colnames]])
+    coeff = sed.fit_sed(hsc_mags, colours.HSC_FILTERS, z, COSMOLOGY)
+    got = sed.anchored_decam(hsc_mags, colours.HSC_FILTERS, coeff, z, COSMOLOGY)[0][0]
     want = np.array([dec[n][0] for n in dec.colnames])
     np.testing.assert_allclose(got[0] - got[1], want[0] - want[1], atol=0.02)
     np.testing.assert_allclose(got[1] - got[2], want[1] - want[2], atol=0.02)
@@ -142,15 +146,18 @@ def test_template_colours_without_photometry(n_sersic, template_name, z):
     against GalSim's own SED redshifting and integration."""
     import speclite.filters
 
-    gr, rz, source = colours.galaxy_colours(z, None, n_sersic)
-    assert source == "cww_template"
-    sed = galsim.SED(f"{template_name}.sed", wave_type="Ang", flux_type="flambda").atRedshift(z)
+    name = colours.template_for_sersic_n(n_sersic)
+    assert name == template_name
+    coeff = sed.fit_sed([[22.0]], (sed.ACS_F814W,), z, COSMOLOGY, template=[name])   # the F814W-only route
+    g, r, zb = sed.magnitudes_at(coeff, np.array([z]), COSMOLOGY)[0]
+    gr, rz = g - r, r - zb
+    galsim_sed = galsim.SED(f"{template_name}.sed", wave_type="Ang", flux_type="flambda").atRedshift(z)
     mags = []
     for band in "grz":
         curve = speclite.filters.load_filter(f"decam2014-{band}")
         bp = galsim.Bandpass(galsim.LookupTable(curve.wavelength, curve.response, interpolant="linear"),
                              wave_type="Ang").withZeropoint("AB")
-        mags.append(sed.calculateMagnitude(bp))
+        mags.append(galsim_sed.calculateMagnitude(bp))
     assert gr == pytest.approx(mags[0] - mags[1], abs=0.02)
     assert rz == pytest.approx(mags[1] - mags[2], abs=0.02)
 
