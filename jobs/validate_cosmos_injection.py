@@ -129,8 +129,7 @@ def pair_rows(rows, layout, cfg, fraction: float):
     g, fa = cfg.gates, cfg.flux_accounting
     inj_side = rows.filter(~F.col("is_control")).select(
         "pair_id", F.col("task_id").alias("inj_task_id"), F.col("target_id").alias("inj_target_id"),
-        F.col("ok").alias("inj_ok"),
-        F.col("image").alias("inj_image"), F.col("arc").alias("inj_arc"),
+        F.col("ok").alias("inj_ok"), F.col("image").alias("inj_image"), F.col("arc").alias("inj_arc"),
         *[F.col(f"gain_{b}").alias(f"inj_gain_{b}") for b in layout.bands],
         *[F.col(f"noise_kernel_sum_{b}").alias(f"inj_noise_kernel_sum_{b}") for b in layout.bands])
     ctl_side = rows.filter(F.col("is_control")).select(
@@ -327,9 +326,10 @@ def main(argv=None) -> int:
     uris = [args.stamps] + ([args.compare] if args.compare else [])
     real = realism_io.read_real(args.real) if args.real else None
     for uri in uris:  # fail fast on an empty/wrong dataset or an annulus off the stamp, before Spark
-        annulus_mask(open_stamps(uri)[1].npix, *cfg.gates.annulus_pix)
+        layout = open_stamps(uri)[1]
+        annulus_mask(layout.npix, *cfg.gates.annulus_pix)
         if real is not None:
-            realism_io.check_inputs(open_stamps(uri)[1], real, cfg.realism)
+            realism_io.check_inputs(layout, real, cfg.realism)
     spark = get_spark("validate_cosmos_injection")
     results = [build_report(spark, uri, cfg) for uri in uris]
     realism_pictures = []

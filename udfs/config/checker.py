@@ -92,6 +92,13 @@ class Checker:
             raise self.fail(key, f"must be one of {', '.join(choices)}; got {value!r}")
         return value
 
+    def per_band(self, parent: Mapping, name: str, bands, **limits) -> dict[str, float]:
+        """``{band: number}`` from the mapping ``parent[name]``: exactly one :meth:`number` per band
+        (``limits`` as there), unknown bands rejected."""
+        m = self.mapping(parent, name, name)
+        self.unknown(m, set(bands), name)
+        return {b: self.number(m, b, f"{name}.{b}", **limits) for b in bands}
+
     def unknown(self, parent: Mapping, allowed: set[str], key: str) -> None:
         """Reject keys the schema does not know (a typo must not be ignored silently)."""
         extra = sorted(set(parent) - allowed)

@@ -18,15 +18,14 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from udfs.stamps.pixels import core_mask
+
 RADIUS_ARCSEC = 4.0
 
 
 def aperture_flux(images: np.ndarray, band: int, pixel_scale: float, radius_arcsec: float = RADIUS_ARCSEC) -> np.ndarray:
     """Sum of band ``band`` within ``radius_arcsec`` of the centre ``(N-1)/2`` of ``(n, bands, N, N)`` images."""
-    n = images.shape[-1]
-    c = (n - 1) / 2.0
-    yy, xx = np.mgrid[0:n, 0:n]
-    inside = np.hypot(xx - c, yy - c) * pixel_scale <= radius_arcsec
+    inside = core_mask(images.shape[-1], radius_arcsec / pixel_scale)
     return np.nansum(images[:, band][:, inside], axis=1)
 
 

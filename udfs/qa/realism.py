@@ -68,6 +68,7 @@ import warnings
 import numpy as np
 from scipy import ndimage, stats
 
+from udfs.stamps.pixels import radii
 from udfs.survey.noise_texture import (MIN_STAMP_PIXELS, NoiseTextureError, measure_correlation,
                                        neighbour_correlation, source_free_mask)
 
@@ -80,12 +81,6 @@ SEED_PROJECT_AUC = 0.997
 MISSING_PENALTY = 2.0  # nearest(): a measurement present on one side only, in robust widths
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 _NAN = float("nan")
-
-
-def _radii(npix: int, offset) -> np.ndarray:
-    c = (npix - 1) / 2.0
-    y, x = np.mgrid[:npix, :npix]
-    return np.hypot(x - (c + offset[0]), y - (c + offset[1]))
 
 
 def host_model(image: np.ndarray, usable: np.ndarray, r: np.ndarray, ring_width_pix: float) -> np.ndarray:
@@ -139,7 +134,7 @@ def measure_stamp(image, invvar, pixel_scale: float, psf_fwhm, *, bands: str = "
     ig, ir, iz = (bands.index(b) for b in "grz")
     fwhm_r = float(psf_fwhm[ir])
     npix = image.shape[1]
-    r = _radii(npix, offset)
+    r = radii(npix, offset)
     usable = np.isfinite(invvar) & (invvar > 0) & np.isfinite(image)
     var = np.where(usable, 1.0 / np.where(usable, invvar, 1.0), 0.0)
     sigma = np.sqrt(var.sum(axis=0))

@@ -133,15 +133,14 @@ def bank_sources_of(plan: ManifestPlan, bank_uri: str | None, config_uri: str) -
                 raise BankError("the bank holds no galaxies")
             if not needs_bank_meta(plan):
                 return BankSources(size=info.size), bank_uri
-            meta = read_bank_meta(bank_uri, SOURCE_COLUMNS)
-            sed = read_bank_meta(bank_uri, ("sed_coeff",))["sed_coeff"] if "sed_coeff" in info.meta_columns else None
+            meta = read_bank_meta(bank_uri, SOURCE_COLUMNS + (("sed_coeff",) if "sed_coeff" in info.meta_columns else ()))
         except BankError as exc:
             raise BankError(f"--bank {bank_uri}: {exc}") from exc
         cosmology = json.loads(str(info.attrs.get("config", "{}"))).get("cosmology")
         if not cosmology:
             raise BankError(f"--bank {bank_uri}: its config names no cosmology")
         return BankSources(size=info.size, zphot=np.asarray(meta["zphot"], dtype=float),
-                           mag_r=np.asarray(meta["mag_r"], dtype=float), sed_coeff=sed,
+                           mag_r=np.asarray(meta["mag_r"], dtype=float), sed_coeff=meta.get("sed_coeff"),
                            cosmology=str(cosmology)), bank_uri
     if needs_bank_meta(plan):
         raise DatasetError(f"{config_uri}: a config uses lens_mode deflector or the galaxies' own redshift or "

@@ -81,11 +81,12 @@ def pixel_array(column, shape: tuple[int, ...]) -> np.ndarray:
     return out.reshape((n,) + tuple(shape))
 
 
-def radii(npix: int) -> np.ndarray:
-    """``(N, N)`` distance of each pixel centre from the stamp centre ``(N-1)/2``, pixels."""
+def radii(npix: int, offset=(0.0, 0.0)) -> np.ndarray:
+    """``(N, N)`` distance of each pixel centre from the stamp centre ``(N-1)/2`` moved by
+    ``offset = (dx, dy)``, pixels."""
     c = (npix - 1) / 2.0
     y, x = np.mgrid[:npix, :npix]
-    return np.hypot(x - c, y - c)
+    return np.hypot(x - (c + offset[0]), y - (c + offset[1]))
 
 
 def core_mask(npix: int, radius: float) -> np.ndarray:

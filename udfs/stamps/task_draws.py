@@ -22,8 +22,9 @@ builds the tasks; :mod:`udfs.stamps.priors` is the config).
 - Source position ``(src_x, src_y)`` (arcsec, source plane, relative to the lens centre; x along
   the image columns, y along the rows): uniform in area over the annulus
   ``r_min_over_theta_e * theta_e <= beta <= r_max_over_theta_e * theta_e``. For an SIS the
-  multiple-image region is ``beta < theta_E``; ``r_max_over_theta_e`` above 1 reaches past the
-  caustics, so singles and near-caustic configurations occur at their natural (area) rate.
+  multiple-image region is ``beta < theta_E``; ``r_max_over_theta_e = 1`` (the shipped configs)
+  reaches that caustic, so near-caustic configurations, and singles where an SIE's cut lies inside
+  it, occur at their natural (area) rate; above 1 adds singles beyond it.
 - Source: ``src_mode`` cosmos | sersic; ``src_index`` uniform over the bank's rows (also in Sersic
   mode, where it supplies the colours) that lie behind the lens (``zphot >= z_l + min_source_dz``
   with ``src_redshift: own`` in deflector mode; with ``cross_section_weighting`` each with
@@ -55,6 +56,8 @@ STREAM = {"theta_e": 1, "lens_q": 2, "lens_phi": 3, "shear_gamma": 4, "shear_phi
           "src_angle": 7, "src_index": 8, "src_phi": 9, "src_mag_r": 10, "src_z": 11, "sersic_n": 12,
           "sersic_re_arcsec": 13, "sersic_q": 14, "sersic_phi": 15, "sigma_scatter": 16,
           "lens_q_scatter": 17, "lens_pa_scatter": 18}
+
+
 @dataclass(frozen=True)
 class BankSources:
     """What stage 3 knows of the bank's galaxies: their count and, when the bank file is given,
@@ -74,6 +77,7 @@ def _normal(u: np.ndarray) -> np.ndarray:
     from scipy.special import ndtri
 
     return ndtri(np.clip(u, 1e-300, 1.0 - 2.0 ** -53))
+
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 

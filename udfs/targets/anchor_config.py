@@ -74,10 +74,7 @@ def parse_config(data: dict, source: str) -> AnchorConfig:
     lc = c.mapping(data, "lenscat", "lenscat")
     c.unknown(lc, {"grading", "types", "ref_contains"}, "lenscat")
     footprint = _footprint(c, c.mapping(data, "footprint", "footprint"))
-    psf = c.mapping(data, "psf_fwhm_nominal_arcsec", "psf_fwhm_nominal_arcsec")
-    c.unknown(psf, set(SURVEY_BANDS), "psf_fwhm_nominal_arcsec")
-    psf_nominal = {b: c.number(psf, b, f"psf_fwhm_nominal_arcsec.{b}", lo=0, lo_open=True, hi=10)
-                   for b in SURVEY_BANDS}
+    psf_nominal = c.per_band(data, "psf_fwhm_nominal_arcsec", SURVEY_BANDS, lo=0, lo_open=True, hi=10)
     neg = c.mapping(data, "negatives", "negatives")
     c.unknown(neg, {"lists", "exclusion_radius_arcsec"}, "negatives")
     return AnchorConfig(

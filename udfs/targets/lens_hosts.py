@@ -98,11 +98,8 @@ def load_config(uri: str) -> HostsConfig:
     c.unknown(size, {"a", "b"}, "size_luminosity")
     q = c.mapping(raw, "axis_ratio", "axis_ratio")
     c.unknown(q, {"mean", "sigma", "low", "high"}, "axis_ratio")
-    bands = {}
-    for key in ("psf_fwhm_arcsec", "psfdepth_5sigma_mag"):
-        m = c.mapping(raw, key, key)
-        c.unknown(m, set(SURVEY_BANDS), key)
-        bands[key] = {b: c.number(m, b, f"{key}.{b}", lo=0, lo_open=True) for b in SURVEY_BANDS}
+    bands = {key: c.per_band(raw, key, SURVEY_BANDS, lo=0, lo_open=True)
+             for key in ("psf_fwhm_arcsec", "psfdepth_5sigma_mag")}
     cosmology = c.string(raw, "cosmology", "cosmology")
     try:
         get_cosmology(cosmology)
