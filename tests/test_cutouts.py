@@ -83,7 +83,8 @@ def test_stamps_equal_full_image_sections_and_read_few_bytes(real_brick, full, t
             np.testing.assert_array_equal(ivar[k], ref_iv)
         assert row.maskbits is None and not row.has_maskbits
     assert out.iloc[2].good_frac < 0.1  # z barely covered: invvar 0 marks it, as in the survey
-    # bytes: a stamp reads a few tiles (the first of a brick also the headers and tile tables)
+    # bytes: a stamp pays a few tiles (shared with stamps on the same tiles) and its share of the
+    # headers and tile-table rows (tests/test_cutouts_bytes.py checks the split exactly)
     sizes = sum((real_brick / n).stat().st_size for n in FILES)
     assert (out["file_bytes"].iloc[:3] == sizes).all()
     assert out["bytes_read"].iloc[0] < 0.12 * sizes

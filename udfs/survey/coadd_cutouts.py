@@ -1,7 +1,10 @@
 """Cut per-target stamps out of Legacy Survey coadd bricks, reading only the tiles they need.
 
 Coadd files are located and read by :mod:`udfs.survey.coadd_files` (only the compressed tiles a
-stamp overlaps are fetched, every byte counted, remote errors retried).
+stamp overlaps are fetched, each once per brick group, every byte counted, remote errors retried).
+``bytes_read`` of a row is its share of the group's fetched bytes (:func:`group_bytes_split`: a
+file's headers split among the rows that opened it, each tile and its tile-table row among the
+stamps that overlap it), so a group's rows sum exactly to the bytes it fetched.
 
 Stamp geometry (0-based pixels, x along columns): the target's brick pixel position (x, y) comes from
 the brick's TAN WCS; the stamp of N x N pixels starts at ``x0 = floor(x - (N-1)/2 + 0.5)`` so the
@@ -33,6 +36,7 @@ from astropy.wcs import WCS
 
 from udfs.config.checker import ConfigError
 from udfs.io import storage
+from udfs.io.range_reader import split_shared
 from udfs.survey.bands import COADD_BANDS, SURVEY_BANDS, check_bands
 from udfs.survey.coadd_files import CoaddFile, RemoteReadError, brick_file
 from udfs.survey.noise_texture import brick_median_texture, cutout_texture, neighbour_correlation
@@ -107,19 +111,31 @@ def cut_brick(base: str, brick: str, targets: pd.DataFrame, cfg: CutoutConfig) -
                                      cfg.retries, cfg.backoff_s)
         return files[label]
 
-    rows = []
+    rows, claims = [], []
     try:
         for rec in targets.to_dict("records"):
-            before = sum(f.bytes_read for f in files.values())
             row = _cut_one(rec, brick, cfg, get)
-            row["bytes_read"] = int(sum(f.bytes_read for f in files.values()) - before)
+            claims.append({label: f.take_claims() for label, f in files.items()})
             _add_psf_and_texture(row, cfg, psfs)
             rows.append(row)
     finally:
         for f in files.values():
             f.close()
+    for row, paid in zip(rows, group_bytes_split(claims, list(files))):
+        row["bytes_read"] = int(paid)
     _lend_brick_texture(rows, cfg.bands)
     return pd.DataFrame(rows)
+
+
+def group_bytes_split(claims: list[dict], labels: list[str]) -> np.ndarray:
+    """``bytes_read`` per row of a brick group: each file's fetched bytes split among the rows that
+    used them (``claims[i][label]``: row i's byte ranges of that file). A file's headers are shared
+    by every row that opened it, a tile and its tile-table row by every stamp it overlaps; the
+    rows' bytes sum exactly to the bytes fetched. Rows that failed before reading pay nothing."""
+    paid = np.zeros(len(claims), dtype=np.int64)
+    for label in labels:
+        paid += split_shared([c.get(label, []) for c in claims])
+    return paid
 
 
 def _lend_brick_texture(rows: list[dict], bands: str) -> None:
@@ -275,7 +291,7 @@ def cut_group(pdf: pd.DataFrame, base: str, cfg: CutoutConfig, provenance: dict[
     for b in SURVEY_BANDS:
         if f"psf_fwhm_{b}" not in pdf:
             pdf[f"psf_fwhm_{b}"] = np.nan
-    # fixed row order: the first stamp of a brick pays its headers, so bytes_read depends on it
+    # fixed row order: integer remainders of shared bytes go to the first rows, so bytes_read depends on it
     pdf = pdf.sort_values("target_id", kind="stable").reset_index(drop=True)
     out = cut_brick(base, str(pdf["brickname"].iloc[0]), pdf, cfg)
     for key, value in provenance.items():
