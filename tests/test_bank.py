@@ -41,12 +41,13 @@ def test_selected_count_matches_documented_selection(bank):
 
 
 def test_images_unit_flux_centred_and_noise_free_outside_footprint(bank):
-    n, s, _ = bank.images.shape
-    assert bank.images.dtype == np.float32 and s == 96
-    np.testing.assert_allclose(bank.images.sum(axis=(1, 2), dtype=np.float64), 1.0, atol=1e-5)
+    images = np.stack([bank.image(i) for i in range(len(bank))])
+    n, s, _ = images.shape
+    assert images.dtype == np.float32 and s == 96
+    np.testing.assert_allclose(images.sum(axis=(1, 2), dtype=np.float64), 1.0, atol=1e-5)
     ys, xs = np.indices((s, s))
     c = (s - 1) / 2.0
-    for img in bank.images.astype(np.float64):
+    for img in images.astype(np.float64):
         cx, cy = (img * xs).sum(), (img * ys).sum()
         assert abs(cx - c) < 0.02 and abs(cy - c) < 0.02, (cx, cy)
         # HST noise is kept only on the galaxy's footprint: the border of the stamp is exactly zero.
@@ -63,10 +64,10 @@ def test_bank_matches_direct_galsim_rendering(bank, btk):
         direct = galsim.Convolve(galsim.RealGalaxy(rgc, index=idx), galsim.Gaussian(fwhm=0.12)).drawImage(
             nx=96, ny=96, scale=0.03,
             offset=(bank.meta["offset_x_pix"][k], bank.meta["offset_y_pix"][k])).array.astype(np.float64)
-        mask = bank.images[k] != 0
+        mask = bank.image(k) != 0
         direct_unit = direct / direct[mask].sum()
-        np.testing.assert_allclose(bank.images[k][mask], direct_unit[mask], atol=1e-6)
-        s_bank = galsim.Image(bank.images[k].astype(np.float64), scale=0.03).FindAdaptiveMom().moments_sigma
+        np.testing.assert_allclose(bank.image(k)[mask], direct_unit[mask], atol=1e-6)
+        s_bank = galsim.Image(bank.image(k).astype(np.float64), scale=0.03).FindAdaptiveMom().moments_sigma
         s_direct = galsim.Image(np.where(mask, direct_unit, 0.0), scale=0.03).FindAdaptiveMom().moments_sigma
         assert abs(s_bank / s_direct - 1) < 0.01
     rgc.close()
@@ -134,7 +135,7 @@ def test_job_writes_s3_output(btk, s3_bucket, capsys):
     assert rc == 0
     assert "considered 5, selected 0" in capsys.readouterr().out
     empty = read_bank(uri)
-    assert len(empty) == 0 and empty.images.shape == (0, 96, 96)
+    assert len(empty) == 0 and empty.image_size == 96 and empty.crops.pixels.size == 0
     assert json.loads(empty.attrs["rejected_counts"])["mag_out_of_range"] == 5
 
 

@@ -239,7 +239,7 @@ def test_bank_info_reads_sizes_and_attributes_without_the_images(inputs, tmp_pat
     real_open = bank_module.storage.open_input
     monkeypatch.setattr(bank_module.storage, "open_input", lambda uri: _CountingFile(real_open(uri), read))
     info = read_bank_info(str(path))
-    assert (info.size, info.image_size, info.pixel_scale) == (len(full), full.images.shape[1], full.pixel_scale)
+    assert (info.size, info.image_size, info.pixel_scale) == (len(full), full.image_size, full.pixel_scale)
     assert info.attrs == full.attrs and set(info.meta_columns) == set(full.meta)
     assert 0 < sum(read) < images.nbytes / 50  # HDF5 headers only, never the pixels
     with pytest.raises(BankError, match="bank meta lacks column 'gini'"):

@@ -75,7 +75,7 @@ def render_arcs(lens: Lens, sources: Sources, kernels: list[list[np.ndarray]], n
     if (codes == MODE_COSMOS).any():
         if bank is None:
             raise ParameterError("cosmos sources need a source bank")
-        images = bank.images
+        images = bank.crops
         scale = bank.pixel_scale * (1.0 if sources.size_scale is None else np.asarray(sources.size_scale))
         support = bank.support_pix
     unit, n_images = render_unit_arcs(

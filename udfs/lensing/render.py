@@ -9,7 +9,9 @@ Conventions
   over the pixel times its area. The lensed total is the magnification; nothing is renormalised.
 - ``cosmos`` sources: a unit-sum bank image of ``scale`` arcsec/pixel, read as surface brightness
   ``image / scale**2`` with bilinear interpolation and zero outside (as lenstronomy's INTERPOL),
-  centred on ``(src_x, src_y)`` and rotated counter-clockwise by ``src_phi``.
+  centred on ``(src_x, src_y)`` and rotated counter-clockwise by ``src_phi``. The kernel reads each
+  image from its footprint crop (:class:`udfs.sources.bank.Crops`) with the whole square's
+  coordinates, so the result is the same as on the square.
 - ``sersic`` sources: ``I(R) = I_e exp(-b_n ((R/R_e)^(1/n) - 1))``, ``R = sqrt(q x'^2 + y'^2/q)``
   in the frame rotated by ``phi`` (lenstronomy's SERSIC_ELLIPSE; ``R_e`` is the circularised
   half-light radius), ``b_n`` exact (``gammaincinv(2n, 1/2)``), ``I_e`` normalised to unit flux.
@@ -39,7 +41,7 @@ from scipy.special import gammaincinv
 from udfs.lensing.image_count import count_images
 from udfs.lensing.lens_model import Lens, ray, sie_kernel_params
 from udfs.config.limits import SERSIC_N_RANGE, ParameterError
-from udfs.sources.bank import support_radius
+from udfs.sources.bank import Crops, support_radius
 
 MODE_COSMOS = 0
 MODE_SERSIC = 1
@@ -60,10 +62,13 @@ def sersic_ie(n, r_e):
 
 
 @njit(cache=True, inline="always")
-def _bilinear(img, u, v):
-    """Bilinear interpolation of img[row=v, col=u] with zeros outside the array."""
-    n = img.shape[0]
-    if u <= -1.0 or v <= -1.0 or u >= n or v >= n:
+def _bilinear(pixels, box, u, v):
+    """Bilinear interpolation at (column u, row v) of the ``S x S`` bank image whose nonzero part is
+    the crop ``box = (offset, y0, x0, height, width)`` of ``pixels``, with zeros outside it. The same
+    arithmetic as on the whole square (same floor, same weights, same order): only the taps that
+    fall outside the crop, all zeros there, are skipped."""
+    off, y0, x0, h, w = box[0], box[1], box[2], box[3], box[4]
+    if u <= x0 - 1.0 or v <= y0 - 1.0 or u >= x0 + w or v >= y0 + h:
         return 0.0
     i0 = int(math.floor(u))
     j0 = int(math.floor(v))
@@ -71,40 +76,39 @@ def _bilinear(img, u, v):
     fv = v - j0
     val = 0.0
     for dj in range(2):
-        j = j0 + dj
-        if j < 0 or j >= n:
+        j = j0 + dj - y0
+        if j < 0 or j >= h:
             continue
         wv = fv if dj == 1 else 1.0 - fv
         for di in range(2):
-            i = i0 + di
-            if i < 0 or i >= n:
+            i = i0 + di - x0
+            if i < 0 or i >= w:
                 continue
             wu = fu if di == 1 else 1.0 - fu
-            val += wu * wv * img[j, i]
+            val += wu * wv * pixels[off + j * w + i]
     return val
 
 
 @njit(cache=True, inline="always")
-def _surface_brightness(bx, by, mode, img, inv_scale, sb_norm, c_img, sx, sy, cphi, sphi,
+def _surface_brightness(bx, by, mode, pixels, box, inv_scale, sb_norm, c_img, sx, sy, cphi, sphi,
                         n_s, re_s, q_s, bn_s, ie_s):
     dx = bx - sx
     dy = by - sy
     xp = cphi * dx + sphi * dy
     yp = -sphi * dx + cphi * dy
     if mode == 0:
-        return sb_norm * _bilinear(img, xp * inv_scale + c_img, yp * inv_scale + c_img)
+        return sb_norm * _bilinear(pixels, box, xp * inv_scale + c_img, yp * inv_scale + c_img)
     r = math.sqrt(q_s * xp * xp + yp * yp / q_s)
     r = max(r, 1e-5)
     return ie_s * math.exp(-bn_s * ((r / re_s) ** (1.0 / n_s) - 1.0))
 
 
 @njit(cache=True)
-def _render_batch(out, n_images, lens_p, mode, src_xy, src_phi, src_index, images, scale, support,
-                  sersic_p, pixel_scale, k, k_outer):
+def _render_batch(out, n_images, lens_p, mode, src_xy, src_phi, src_index, pixels, boxes, n_img, scale,
+                  support, sersic_p, pixel_scale, k, k_outer):
     n_stamp, npix = out.shape[0], out.shape[1]
     c0 = (npix - 1) / 2.0
-    c_img = (images.shape[1] - 1) / 2.0
-    n_img = images.shape[1]
+    c_img = (n_img - 1) / 2.0
     cbx = np.empty((npix + 1, npix + 1))
     cby = np.empty((npix + 1, npix + 1))
     nbx = np.empty((3, 3))
@@ -129,11 +133,11 @@ def _render_batch(out, n_images, lens_p, mode, src_xy, src_phi, src_index, image
         inv_scale = 1.0 / scale[s]
         sb_norm = inv_scale * inv_scale
         if m == 0:
-            img = images[src_index[s]]
+            box = boxes[src_index[s]]
             radius = support[src_index[s]] * scale[s]
             kk_out = 0
         else:
-            img = images[0]
+            box = boxes[0]
             radius = SERSIC_CORE_RE * re_s / math.sqrt(q_s)
             kk_out = k_outer
         for j in range(npix + 1):
@@ -179,7 +183,7 @@ def _render_batch(out, n_images, lens_p, mode, src_xy, src_phi, src_index, image
                         for c in range(kk):
                             xx = (i - c0 - 0.5 + (c + 0.5) / kk) * pixel_scale
                             bx, by = ray(xx, yy, b, q, lc, ls, cx, cy, g1, g2)
-                            acc += _surface_brightness(bx, by, m, img, inv_scale, sb_norm, c_img, sx,
+                            acc += _surface_brightness(bx, by, m, pixels, box, inv_scale, sb_norm, c_img, sx,
                                                        sy, cphi, sphi, n_s, re_s, q_s, bn_s, ie_s)
                     out[s, j, i] = acc * pixel_scale * pixel_scale / (kk * kk)
                     continue
@@ -212,16 +216,16 @@ def _render_batch(out, n_images, lens_p, mode, src_xy, src_phi, src_index, image
                         u = lag[c, 0] * r0x + lag[c, 1] * r1x + lag[c, 2] * r2x
                         v = lag[c, 0] * r0y + lag[c, 1] * r1y + lag[c, 2] * r2y
                         if m == 0:
-                            acc += sb_norm * _bilinear(img, u, v)
+                            acc += sb_norm * _bilinear(pixels, box, u, v)
                         else:
-                            acc += _surface_brightness(u, v, m, img, inv_scale, sb_norm, c_img, sx,
+                            acc += _surface_brightness(u, v, m, pixels, box, inv_scale, sb_norm, c_img, sx,
                                                        sy, cphi, sphi, n_s, re_s, q_s, bn_s, ie_s)
                 out[s, j, i] = acc * pixel_scale * pixel_scale / (kk * kk)
 
 
 def render_unit_arcs(lens: Lens, *, npix: int, pixel_scale: float, mode: np.ndarray,
                      src_x: np.ndarray, src_y: np.ndarray, src_phi: np.ndarray,
-                     src_index: np.ndarray | None = None, images: np.ndarray | None = None,
+                     src_index: np.ndarray | None = None, images: Crops | np.ndarray | None = None,
                      image_scale=None, support: np.ndarray | None = None,
                      sersic_n=None, sersic_re=None, sersic_q=None, k: int = 8,
                      k_outer: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -230,12 +234,13 @@ def render_unit_arcs(lens: Lens, *, npix: int, pixel_scale: float, mode: np.ndar
     Returns ``(images, n_images)``: ``(B, npix, npix)`` float64 flux per pixel (its sum is the
     magnification of the part of the lensed source on the stamp) and ``(B,)`` int counts.
 
-    ``mode``: per stamp ``MODE_COSMOS`` or ``MODE_SERSIC``. Cosmos stamps use ``images[src_index]``
-    (a bank, unit sum, ``image_scale`` arcsec/pix, one value or one per stamp (e.g. rescaled to
-    each source redshift); ``support`` from :func:`udfs.sources.bank.support_radius`, computed
-    here if omitted). Sersic stamps use ``sersic_n`` (within ``SERSIC_N_RANGE``), ``sersic_re``
-    (arcsec, circularised), ``sersic_q``; ``src_phi`` is the position angle (rad, counter-clockwise
-    from +x).
+    ``mode``: per stamp ``MODE_COSMOS`` or ``MODE_SERSIC``. Cosmos stamps use bank image
+    ``src_index`` of ``images``: the bank's footprint crops (:class:`udfs.sources.bank.Crops`) or
+    ``(N, S, S)`` squares (cropped here), unit sum, ``image_scale`` arcsec/pix, one value or one per
+    stamp (e.g. rescaled to each source redshift); ``support`` from
+    :func:`udfs.sources.bank.support_radius`, computed here if omitted. Sersic stamps use
+    ``sersic_n`` (within ``SERSIC_N_RANGE``), ``sersic_re`` (arcsec, circularised), ``sersic_q``;
+    ``src_phi`` is the position angle (rad, counter-clockwise from +x).
     """
     nb = len(lens)
     mode = np.broadcast_to(np.asarray(mode, dtype=np.int64), (nb,)).copy()
@@ -252,8 +257,9 @@ def render_unit_arcs(lens: Lens, *, npix: int, pixel_scale: float, mode: np.ndar
     src_index, images, image_scale, support = _cosmos_inputs(~is_sersic, src_index, images, image_scale, support)
     out = np.empty((nb, npix, npix))
     n_images = np.zeros(nb, dtype=np.int64)
-    _render_batch(out, n_images, lens_p, mode, src_xy, src_phi, src_index, images, image_scale,
-                  np.asarray(support, dtype=np.float64), sersic_p, float(pixel_scale), int(k), int(k_outer))
+    _render_batch(out, n_images, lens_p, mode, src_xy, src_phi, src_index, images.pixels, images.boxes,
+                  images.size, image_scale, np.asarray(support, dtype=np.float64), sersic_p,
+                  float(pixel_scale), int(k), int(k_outer))
     return out, n_images
 
 
@@ -278,21 +284,23 @@ def _sersic_params(is_sersic: np.ndarray, sersic_n, sersic_re, sersic_q) -> np.n
 
 
 def _cosmos_inputs(is_cosmos: np.ndarray, src_index, images, image_scale, support):
-    """``(src_index, images, image_scale, support)`` for the kernel, checked; placeholders when no
+    """``(src_index, crops, image_scale, support)`` for the kernel, checked; placeholders when no
     stamp is a cosmos stamp."""
     nb = len(is_cosmos)
     if is_cosmos.any():
         if images is None or image_scale is None:
             raise ParameterError("cosmos sources need the bank images and their pixel scale")
+        if not isinstance(images, Crops):
+            images = Crops.from_squares(images)
         src_index = np.broadcast_to(np.asarray(src_index, dtype=np.int64), (nb,)).copy()
-        bad = is_cosmos & ((src_index < 0) | (src_index >= images.shape[0]))
+        bad = is_cosmos & ((src_index < 0) | (src_index >= len(images)))
         if bad.any():
             raise ParameterError(f"source index {int(src_index[bad][0])} out of range: the bank holds "
-                                 f"{images.shape[0]} galaxies")
+                                 f"{len(images)} galaxies")
         if support is None:
             support = support_radius(images)
     else:
-        images = np.zeros((1, 2, 2), dtype=np.float32)
+        images = Crops.checked(np.zeros(0, np.float32), np.zeros((1, 5), np.int64), 2)
         image_scale = 1.0
         support = np.zeros(1)
         src_index = np.zeros(nb, dtype=np.int64)

@@ -21,6 +21,7 @@ import numpy as np
 from udfs.config.bank import BankConfig, Output, RenderConfig
 from udfs.config.limits import SERSIC_N_RANGE
 from udfs.sources import bank_noise, morphology
+from udfs.sources.bank import Crops, untimed_group, write_crops
 from udfs.sources.bank_render import footprint, half_light_radius, inspect_original, render
 from udfs.sources.cosmos_catalog import CatalogError, CosmosCatalog, open_catalog, staged_directory
 
@@ -226,37 +227,32 @@ def considered_rows(cat: CosmosCatalog, max_galaxies: int | None, seed: int) -> 
 
 
 def assemble(results: list, pre_reasons: np.ndarray, cfg: BankConfig
-             ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, int]]:
-    """``(images (N, S, S) float32, meta columns but :data:`SED_COLUMNS`, rejected counts per
-    reason)`` from the rendered ``results`` (sorted by index) and the catalogue-cut reasons of the
-    considered rows."""
+             ) -> tuple[Crops, dict[str, np.ndarray], dict[str, int]]:
+    """``(the selected images' footprint crops, meta columns but :data:`SED_COLUMNS`, rejected
+    counts per reason)`` from the rendered ``results`` (sorted by index) and the catalogue-cut
+    reasons of the considered rows."""
     counts = collections.Counter(REASONS[r] for r in pre_reasons if r >= 0)
     size = cfg.render.stamp_size
     images, metas = [], []
     for _, status, row_json, image in results:
         if status == "selected":
             metas.append(json.loads(row_json))
-            images.append(np.frombuffer(image, dtype=np.float32).reshape(size, size))
+            images.append(image)
         else:
             counts[status] += 1
     meta = {name: np.array([m[name] for m in metas]) if metas else np.zeros(0)
             for name in META_COLUMNS if name not in SED_COLUMNS}
-    stack = np.stack(images) if images else np.zeros((0, size, size), np.float32)
-    return stack, meta, {k: int(counts.get(k, 0)) for k in REASONS}
+    crops = Crops.from_squares((np.frombuffer(b, dtype=np.float32).reshape(size, size) for b in images), size)
+    return crops, meta, {k: int(counts.get(k, 0)) for k in REASONS}
 
 
-def write_bank(images: np.ndarray, meta: dict[str, np.ndarray], attrs: dict, output: Output) -> bytes:
-    """Serialise to HDF5 bytes, deterministically (no timestamps, fixed chunking and gzip level)."""
+def write_bank(crops: Crops, meta: dict[str, np.ndarray], attrs: dict, output: Output) -> bytes:
+    """Serialise to HDF5 bytes, deterministically (no timestamps, fixed chunking and gzip level):
+    ``pixels`` in chunks of ``output.images_per_chunk`` whole squares' worth of pixels."""
     buf = io.BytesIO()
-    chunk = (min(output.images_per_chunk, max(len(images), 1)),) + images.shape[1:]
     with h5py.File(buf, "w", libver=("earliest", "v110"), track_order=False) as f:
-        f.create_dataset("images", data=images.astype(np.float32), chunks=chunk if len(images) else None,
-                         compression="gzip" if len(images) else None,
-                         compression_opts=output.gzip_level if len(images) else None,
-                         shuffle=bool(len(images)), track_times=False)
-        gcpl = h5py.h5p.create(h5py.h5p.GROUP_CREATE)
-        gcpl.set_obj_track_times(False)
-        grp = h5py.Group(h5py.h5g.create(f.id, b"meta", gcpl=gcpl))
+        write_crops(f, crops, output.images_per_chunk * crops.size ** 2, output.gzip_level)
+        grp = untimed_group(f, "meta")
         for name, dtype in META_COLUMNS.items():
             grp.create_dataset(name, data=np.asarray(meta[name]).astype(dtype), track_times=False)
         for key, value in attrs.items():
