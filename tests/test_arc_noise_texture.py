@@ -102,3 +102,36 @@ def test_arcs_on_the_real_z_coadd_carry_the_skys_noise_texture(real_z):
           f"white {got['white']:.4f}; arc region {region.sum()} px x {draws} draws")
     assert abs(got["textured"] - sky) < 0.03
     assert abs(got["white"]) < 0.03 and sky > 0.1
+
+
+def test_batch_shot_noise_and_gains_equal_the_band_by_band_definitions():
+    """The stage-5 batch path (gain_estimates + add_shot_noise) gives, stamp for stamp, the values
+    of gain_estimate and add_poisson_noise drawn band by band from each stamp's seed (white:
+    exactly; textured: to rounding, against scipy.ndimage.convolve), and names a dead band."""
+    from scipy import ndimage
+
+    from udfs.survey.shot_noise import add_shot_noise, gain_estimate, gain_estimates
+
+    rng = np.random.default_rng(3)
+    arcs = np.abs(rng.normal(0, 1, (4, 3, 20, 20))) * (rng.random((4, 3, 20, 20)) > 0.5)
+    arcs -= 0.01 * (rng.random(arcs.shape) > 0.9)                  # PSF negative wings
+    invvar = rng.uniform(10, 20, (4, 3, 20, 20)).astype(np.float32)
+    invvar[0, 1, :5], invvar[1, 2, 3] = 0, np.nan
+    gains = gain_estimates(invvar, "grz", 0.262)
+    assert np.array_equal(gains, [[gain_estimate(invvar[s, b], "grz"[b], 0.262) for b in range(3)]
+                                  for s in range(4)])
+    seeds = [4, 5, 6, 7]
+    kernels = rng.uniform(0, 1, (4, 3, 3, 3))
+    textured, white = add_shot_noise(arcs, gains, seeds, kernels), add_shot_noise(arcs, gains, seeds)
+    for s in range(4):
+        r_white, r_tex = np.random.default_rng(seeds[s]), np.random.default_rng(seeds[s])
+        for b in range(3):
+            assert np.array_equal(white[s, b], add_poisson_noise(arcs[s, b], gains[s, b], r_white))
+            k = kernels[s, b] / np.sqrt((kernels[s, b] ** 2).sum())
+            lam = np.where(arcs[s, b] > 0, arcs[s, b], 0) * gains[s, b]
+            want = arcs[s, b] + ndimage.convolve(r_tex.poisson(lam) / gains[s, b] - lam / gains[s, b], k,
+                                                 mode="constant", cval=0.0)
+            np.testing.assert_allclose(textured[s, b], want, rtol=0, atol=1e-12)
+    invvar[2, 0] = 0
+    with pytest.raises(Exception, match="stamp 2 band g: no pixel with invvar > 0"):
+        gain_estimates(invvar, "grz", 0.262)

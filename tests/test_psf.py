@@ -70,14 +70,33 @@ def test_bands_share_one_forward_fft_and_agree_with_single_convolution(monkeypat
     real_rfft2 = psf.sfft.rfft2
     monkeypatch.setattr(psf.sfft, "rfft2", lambda a, *args, **kw: calls.append(np.shape(a)) or real_rfft2(a, *args, **kw))
     out = convolve_bands(img, kernels)
-    assert calls.count(img.shape) == 1                       # one forward FFT of the image
-    assert sorted(calls) == sorted([img.shape] + [k.shape for k in kernels])  # and one per kernel
+    batch = (1,) + img.shape
+    assert calls.count(batch) == 1                           # one forward FFT of the image
+    assert sorted(calls) == sorted([batch] + [k.shape for k in kernels])  # and one per kernel
     calls.clear()
     again = convolve_bands(img, kernels)
-    assert calls == [img.shape]                             # kernel transforms come from the cache
+    assert calls == [batch]                                 # kernel transforms come from the cache
     for b in range(len(kernels)):
         np.testing.assert_allclose(out[b], expected[b], atol=1e-12)
     np.testing.assert_array_equal(again, out)
+
+
+def test_batched_convolution_does_not_depend_on_the_batch_and_single_precision_is_close():
+    """convolve_stamps equals convolve_bands stamp by stamp, bit for bit, whatever the batch's mix
+    of kernel sizes and chunking; its float32 transforms stay within 1e-6 of each band's peak."""
+    from udfs.survey.psf import convolve_stamps
+
+    rng = np.random.default_rng(7)
+    imgs = rng.random((7, 64, 64))
+    sizes = [(25, 25, 25), (31, 29, 27), (25, 25, 25), (43, 25, 25), (25, 25, 25), (31, 29, 27), (19, 19, 19)]
+    kernels = [[moffat_kernel(1.2 + 0.01 * s, 3.1, 0.262, k) for k in ks] for s, ks in enumerate(sizes)]
+    single = np.stack([convolve_bands(imgs[s], kernels[s]) for s in range(7)])
+    np.testing.assert_array_equal(convolve_stamps(imgs, kernels), single)
+    np.testing.assert_array_equal(convolve_stamps(imgs, kernels, chunk=2), single)
+    np.testing.assert_array_equal(convolve_stamps(imgs[3:5], kernels[3:5]), single[3:5])
+    fast = convolve_stamps(imgs, kernels, single=True)
+    assert fast.dtype == np.float64
+    assert np.abs(fast - single).max() / single.max() < 1e-6
 
 
 def test_gaussian_and_moffat_kernels_match_galsim_fwhm():

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from udfs.lensing.arc_metrics import CORE_RADIUS_ARCSEC, arc_metrics
-from udfs.survey.shot_noise import add_poisson_noise, gain_estimate
+from udfs.survey.shot_noise import add_shot_noise, gain_estimates
 from udfs.lensing.lens_model import Lens
 from udfs.config.limits import ParameterError
 from udfs.lensing.render import MODE_COSMOS, MODE_SERSIC, render_unit_arcs
 from udfs.sources.bank import SourceBank
-from udfs.survey.psf import convolve_bands
+from udfs.survey.psf import convolve_stamps
 
 SOURCE_MODES = {"cosmos": MODE_COSMOS, "sersic": MODE_SERSIC}
 DEFAULT_SUPERSAMPLING = 8
@@ -84,9 +84,7 @@ def render_arcs(lens: Lens, sources: Sources, kernels: list[list[np.ndarray]], n
         support=support, sersic_n=sources.sersic_n, sersic_re=sources.sersic_re,
         sersic_q=sources.sersic_q, k=supersampling)
     flux = nanomaggies(mag)
-    arcs = np.empty((len(lens), mag.shape[1], npix, npix))
-    for s in range(len(lens)):
-        arcs[s] = convolve_bands(unit[s], kernels[s]) * flux[s][:, None, None]
+    arcs = convolve_stamps(unit, kernels, single=True) * flux[:, :, None, None]
     return RenderedArcs(arcs=arcs, magnification=unit.sum(axis=(1, 2)), n_images=n_images)
 
 
@@ -107,13 +105,8 @@ def inject(images: np.ndarray, invvar: np.ndarray, rendered: RenderedArcs, lens:
     metrics = arc_metrics(arcs, invvar, rendered.magnification, rendered.n_images,
                           lens.center_x, lens.center_y, bands, pixel_scale, core_radius)
     if noise:
-        gains = np.empty((len(lens), len(bands)))
-        for s, seed in enumerate(np.broadcast_to(np.asarray(seeds, dtype=np.uint64), (len(lens),))):
-            rng = np.random.default_rng(int(seed))
-            for b, band in enumerate(bands):
-                gains[s, b] = gain_estimate(invvar[s, b], band, pixel_scale)
-                kernel = None if noise_kernels is None else noise_kernels[s, b]
-                added[s, b] = add_poisson_noise(arcs[s, b], gains[s, b], rng, kernel)
+        gains = gain_estimates(invvar, bands, pixel_scale)
+        added = add_shot_noise(arcs, gains, seeds, noise_kernels)
         for b, band in enumerate(bands):
             metrics[f"gain_{band}"] = gains[:, b]
     injected = (images.astype(np.float64) + added).astype(np.float32)

@@ -31,7 +31,6 @@ angular size is scaled by ``D_A(zphot) / D_A(src_z)`` (:mod:`udfs.sources.cosmol
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -120,30 +119,6 @@ def load_settings(uri: str) -> InjectionSettings:
         n_buckets=c.integer(raw, "n_buckets", "n_buckets", lo=1))
 
 
-def _psf_reason(row, bands: str) -> str | None:
-    for b in bands:
-        v = row[f"psf_fwhm_{b}"]
-        if v is None or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-            return f"bad_psf:{b}"
-    return None
-
-
-def _arc_reason(row, bank: SourceBank) -> str | None:
-    for name in ("theta_e", "lens_e1", "lens_e2", "shear_g1", "shear_g2", "src_x", "src_y",
-                 "src_phi", "src_mag_r"):
-        v = row[name]
-        if v is None or not math.isfinite(float(v)):
-            return f"bad_parameter:{name}"
-    if not row["theta_e"] > 0:
-        return "bad_parameter:theta_e"
-    if row["src_mode"] not in ("cosmos", "sersic"):
-        return "bad_parameter:src_mode"
-    idx = row["src_index"]
-    if idx is None or not 0 <= int(idx) < len(bank):
-        return "bad_parameter:src_index"
-    return None
-
-
 def _kernels(settings: InjectionSettings, row: dict) -> tuple[list[np.ndarray], list[str]]:
     """PSF kernel and its source per band for one row: the cutout's stored PSF (cutout), the
     target's FWHM (gaussian/moffat), or the configured PSFEx models at their fit centre (psfex)."""
@@ -181,7 +156,7 @@ def inject_tasks(pdf: pd.DataFrame, bank: SourceBank, settings: InjectionSetting
         if col not in out:
             out[col] = None
     reasons = _fail_reasons(out, bank, bands)
-    failed = np.array([x is not None for x in reasons])
+    failed = np.array([x is not None for x in reasons], dtype=bool)
     out["ok"] = ~failed
     out["fail_reason"] = reasons
     for col in ("image", "invvar", "maskbits"):
@@ -220,15 +195,40 @@ def inject_tasks(pdf: pd.DataFrame, bank: SourceBank, settings: InjectionSetting
     return out
 
 
-def _fail_reasons(out: pd.DataFrame, bank: SourceBank, bands: str) -> list[str | None]:
-    """Per row: why its stamp fails (cutout, PSF, or for injected rows an arc parameter), else None."""
-    reasons = []
-    for r in out.to_dict("records"):
-        reason = None if r["cutout_ok"] else f"cutout:{r['cutout_fail_reason']}"
-        reason = reason or _psf_reason(r, bands)
-        if reason is None and not r["is_control"]:
-            reason = _arc_reason(r, bank)
-        reasons.append(reason)
+_ARC_PARAMETERS = ("theta_e", "lens_e1", "lens_e2", "shear_g1", "shear_g2", "src_x", "src_y", "src_phi",
+                   "src_mag_r")
+
+
+def _finite(values: pd.Series) -> np.ndarray:
+    return np.isfinite(pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan))
+
+
+def _fail_reasons(out: pd.DataFrame, bank: SourceBank, bands: str) -> np.ndarray:
+    """Per row: why its stamp fails, else None; the first that applies of: the cutout failed
+    (``cutout:<reason>``), a PSF FWHM is not > 0 (``bad_psf:<band>``, controls too, so failure rates
+    do not depend on the label), and for injected rows an arc parameter is invalid
+    (``bad_parameter:<name>``: not finite, theta_e <= 0, an unknown src_mode, src_index outside
+    the bank)."""
+    reasons = np.full(len(out), None, dtype=object)
+    open_ = np.ones(len(out), dtype=bool)
+
+    def fail(bad: np.ndarray, reason) -> None:
+        hit = open_ & bad
+        reasons[hit] = reason if isinstance(reason, str) else reason[hit]
+        open_[hit] = False
+
+    ok = out["cutout_ok"].to_numpy(dtype=bool)
+    fail(~ok, np.array(["cutout:" + str(r) for r in out["cutout_fail_reason"]], dtype=object))
+    for b in bands:
+        fwhm = pd.to_numeric(out[f"psf_fwhm_{b}"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        fail(~(np.isfinite(fwhm) & (fwhm > 0)), f"bad_psf:{b}")
+    open_ &= ~out["is_control"].to_numpy(dtype=bool)
+    for name in _ARC_PARAMETERS:
+        fail(~_finite(out[name]), f"bad_parameter:{name}")
+    fail(~(pd.to_numeric(out["theta_e"], errors="coerce").to_numpy(float, na_value=np.nan) > 0), "bad_parameter:theta_e")
+    fail(~out["src_mode"].isin(["cosmos", "sersic"]).to_numpy(), "bad_parameter:src_mode")
+    idx = pd.to_numeric(out["src_index"], errors="coerce").to_numpy(float, na_value=np.nan)
+    fail(~((idx >= 0) & (idx < len(bank))), "bad_parameter:src_index")
     return reasons
 
 

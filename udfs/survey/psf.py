@@ -123,7 +123,7 @@ def psfex_kernel(uri: str, x: float | None, y: float | None, pixel_scale: float,
 
 
 @lru_cache(maxsize=512)
-def _kernel_fft(kernel_bytes: bytes, k: int, shape: tuple[int, int]) -> np.ndarray:
+def _kernel_fft(kernel_bytes: bytes, k: int, shape: tuple[int, int], single: bool = False) -> np.ndarray:
     kernel = np.frombuffer(kernel_bytes, dtype=np.float64).reshape(k, k)
     kf = sfft.rfft2(kernel, s=shape)
     # Place the kernel's geometric centre (K-1)/2 on the origin: integer part by cropping in
@@ -133,6 +133,7 @@ def _kernel_fft(kernel_bytes: bytes, k: int, shape: tuple[int, int]) -> np.ndarr
         fy = sfft.fftfreq(shape[0])[:, None]
         fx = sfft.rfftfreq(shape[1])[None, :]
         kf = kf * np.exp(2j * np.pi * frac * (fx + fy))
+    kf = kf.astype(np.complex64) if single else kf
     kf.setflags(write=False)
     return kf
 
@@ -146,16 +147,36 @@ def convolve_bands(image: np.ndarray, kernels: list[np.ndarray]) -> np.ndarray:
 
     The image's FFT is taken once on a canvas padded for the largest kernel.
     """
-    n = image.shape[-1]
-    shape = _padded_shape(n, max(kk.shape[0] for kk in kernels))
-    spec = sfft.rfft2(image, s=shape)
-    out = np.empty((len(kernels), n, n))
-    for b, kernel in enumerate(kernels):
-        kernel = np.ascontiguousarray(kernel, dtype=np.float64)
-        k = kernel.shape[0]
-        conv = sfft.irfft2(spec * _kernel_fft(kernel.tobytes(), k, shape), s=shape)
-        off = (k - 1) // 2
-        out[b] = conv[off: off + n, off: off + n]
+    return convolve_stamps(image[None], [kernels])[0]
+
+
+def convolve_stamps(images: np.ndarray, kernels: list[list[np.ndarray]], chunk: int = 64,
+                    single: bool = False) -> np.ndarray:
+    """:func:`convolve_bands` of a batch: ``images (B, N, N)``, ``kernels[s][b]`` -> ``(B, n_bands, N, N)``.
+
+    Stamps are transformed together in chunks of those sharing a padded canvas (each stamp's canvas
+    is set by its own largest kernel, so a stamp's result does not depend on its batch). ``single``:
+    transforms in float32 (twice as fast; errors ~1e-7 of the peak), the result still float64.
+    """
+    n_stamp, n = images.shape[0], images.shape[-1]
+    n_bands = len(kernels[0]) if n_stamp else 0
+    out = np.empty((n_stamp, n_bands, n, n))
+    kernels = [[np.ascontiguousarray(kk, dtype=np.float64) for kk in ks] for ks in kernels]
+    shapes = [_padded_shape(n, max(kk.shape[0] for kk in ks)) for ks in kernels]
+    for shape in sorted(set(shapes)):
+        members = np.flatnonzero([sh == shape for sh in shapes])
+        for start in range(0, len(members), chunk):
+            idx = members[start: start + chunk]
+            spec = sfft.rfft2(images[idx].astype(np.float32) if single else images[idx], s=shape)
+            prod = np.empty((len(idx), n_bands) + spec.shape[1:], dtype=spec.dtype)
+            for j, s in enumerate(idx):
+                for b, kernel in enumerate(kernels[s]):
+                    prod[j, b] = spec[j] * _kernel_fft(kernel.tobytes(), kernel.shape[0], shape, single)
+            conv = sfft.irfft2(prod, s=shape)
+            for b in range(n_bands):
+                offs = [(kernels[s][b].shape[0] - 1) // 2 for s in idx]
+                for j, off in enumerate(offs):
+                    out[idx[j], b] = conv[j, b, off: off + n, off: off + n]
     return out
 
 
