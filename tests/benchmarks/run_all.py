@@ -11,7 +11,7 @@ import sys
 import time
 
 BENCHMARKS = ["tests.benchmarks.bench_render", "tests.benchmarks.bench_cutouts",
-              "tests.benchmarks.bench_psf_stack", "tests.benchmarks.bench_pipeline"]
+              "tests.benchmarks.bench_psf_stack", "tests.benchmarks.bench_bank", "tests.benchmarks.bench_pipeline"]
 
 
 def main() -> int:
