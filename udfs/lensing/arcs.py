@@ -101,7 +101,6 @@ def inject(images: np.ndarray, invvar: np.ndarray, rendered: RenderedArcs, lens:
     Metrics are computed on the noiseless arc.
     """
     arcs = rendered.arcs
-    added = arcs.copy()
     metrics = arc_metrics(arcs, invvar, rendered.magnification, rendered.n_images,
                           lens.center_x, lens.center_y, bands, pixel_scale, core_radius)
     if noise:
@@ -109,5 +108,7 @@ def inject(images: np.ndarray, invvar: np.ndarray, rendered: RenderedArcs, lens:
         added = add_shot_noise(arcs, gains, seeds, noise_kernels)
         for b, band in enumerate(bands):
             metrics[f"gain_{band}"] = gains[:, b]
+    else:
+        added = arcs.copy()
     injected = (images.astype(np.float64) + added).astype(np.float32)
     return injected, added, metrics

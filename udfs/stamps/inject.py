@@ -199,8 +199,9 @@ _ARC_PARAMETERS = ("theta_e", "lens_e1", "lens_e2", "shear_g1", "shear_g2", "src
                    "src_mag_r")
 
 
-def _finite(values: pd.Series) -> np.ndarray:
-    return np.isfinite(pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan))
+def _numbers(values: pd.Series) -> np.ndarray:
+    """A column as float64, NaN where a value is missing or not a number."""
+    return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
 
 
 def _fail_reasons(out: pd.DataFrame, bank: SourceBank, bands: str) -> np.ndarray:
@@ -220,14 +221,14 @@ def _fail_reasons(out: pd.DataFrame, bank: SourceBank, bands: str) -> np.ndarray
     ok = out["cutout_ok"].to_numpy(dtype=bool)
     fail(~ok, np.array(["cutout:" + str(r) for r in out["cutout_fail_reason"]], dtype=object))
     for b in bands:
-        fwhm = pd.to_numeric(out[f"psf_fwhm_{b}"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        fwhm = _numbers(out[f"psf_fwhm_{b}"])
         fail(~(np.isfinite(fwhm) & (fwhm > 0)), f"bad_psf:{b}")
     open_ &= ~out["is_control"].to_numpy(dtype=bool)
     for name in _ARC_PARAMETERS:
-        fail(~_finite(out[name]), f"bad_parameter:{name}")
-    fail(~(pd.to_numeric(out["theta_e"], errors="coerce").to_numpy(float, na_value=np.nan) > 0), "bad_parameter:theta_e")
+        fail(~np.isfinite(_numbers(out[name])), f"bad_parameter:{name}")
+    fail(~(_numbers(out["theta_e"]) > 0), "bad_parameter:theta_e")
     fail(~out["src_mode"].isin(["cosmos", "sersic"]).to_numpy(), "bad_parameter:src_mode")
-    idx = pd.to_numeric(out["src_index"], errors="coerce").to_numpy(float, na_value=np.nan)
+    idx = _numbers(out["src_index"])
     fail(~((idx >= 0) & (idx < len(bank))), "bad_parameter:src_index")
     return reasons
 
@@ -240,7 +241,7 @@ def _sersic(rows: pd.DataFrame, meta: dict, idx: np.ndarray, size_scale: np.ndar
             "sersic_phi": meta["sersic_phi_rad"][idx] + rows["src_phi"].to_numpy(float)}
     out = {}
     for col, twin_value in twin.items():
-        given = pd.to_numeric(rows[col], errors="coerce").to_numpy(float) if col in rows else np.full(len(rows), np.nan)
+        given = _numbers(rows[col]) if col in rows else np.full(len(rows), np.nan)
         out[col] = np.where(np.isnan(given), twin_value, given)
     return out
 
@@ -251,7 +252,7 @@ def _source_mags(rows: pd.DataFrame, meta: dict, idx: np.ndarray, cosmology: str
     mag_r = rows["src_mag_r"].to_numpy(dtype=float)
     g_r, r_z = meta["g_r"][idx].astype(float), meta["r_z"][idx].astype(float)
     zphot = meta["zphot"][idx].astype(float)
-    src_z = pd.to_numeric(rows["src_z"], errors="coerce").to_numpy(float) if "src_z" in rows else zphot
+    src_z = _numbers(rows["src_z"]) if "src_z" in rows else zphot
     moved = np.abs(src_z - zphot) > 1e-6 * (1.0 + zphot)    # float32 round trips are not moves
     if moved.any():
         if SED_COLUMN not in meta:

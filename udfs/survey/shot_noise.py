@@ -16,7 +16,6 @@ neighbours, so pixels next to the arc get some). Outside the stamp the residual 
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from udfs.config.limits import ParameterError
@@ -72,12 +71,13 @@ def _texture(residual: np.ndarray, kernels: np.ndarray) -> np.ndarray:
     return out
 
 
-def add_poisson_noise(arc: np.ndarray, gain: float, rng: np.random.Generator,
+def add_poisson_noise(arc: np.ndarray, gain, rng: np.random.Generator,
                       kernel: np.ndarray | None = None) -> np.ndarray:
     """One band's arc (nanomaggies) with its shot noise. White (``kernel=None``): pixels with
     ``arc <= 0`` keep the arc's value (0, or a measured PSF's negative wing) with no noise. With a
-    texture ``kernel`` (module doc) the noise is correlated."""
-    if not gain > 0:
+    texture ``kernel`` (module doc) the noise is correlated. Bands at once: ``arc`` ``(n_bands, H,
+    W)``, ``gain`` ``(n_bands, 1, 1)``, ``kernel`` ``(n_bands, k, k)``, drawn in band order."""
+    if not np.all(np.asarray(gain) > 0):
         raise ParameterError(f"gain must be > 0 electrons/nanomaggy, got {gain}")
     lam = np.where(arc > 0, arc, 0.0) * gain
     noisy = rng.poisson(lam) / gain
@@ -93,13 +93,8 @@ def add_shot_noise(arcs: np.ndarray, gains: np.ndarray, seeds, kernels: np.ndarr
     gains = np.asarray(gains, np.float64)
     if not np.all(gains > 0):
         raise ParameterError(f"gain must be > 0 electrons/nanomaggy, got {gains[~(gains > 0)][0]}")
-    out = np.empty(arcs.shape)
+    out = np.empty(arcs.shape, dtype=arcs.dtype)
     for s, seed in enumerate(np.broadcast_to(np.asarray(seeds, dtype=np.uint64), (len(arcs),))):
-        arc, g = arcs[s], gains[s][:, None, None]
-        lam = np.where(arc > 0, arc, 0.0) * g
-        noisy = np.random.default_rng(int(seed)).poisson(lam) / g
-        if kernels is None:
-            out[s] = np.where(arc > 0, noisy, arc)
-        else:
-            out[s] = arc + _texture(noisy - lam / g, kernels[s])
-    return out.astype(arcs.dtype)
+        out[s] = add_poisson_noise(arcs[s], gains[s][:, None, None], np.random.default_rng(int(seed)),
+                                   None if kernels is None else kernels[s])
+    return out
