@@ -47,17 +47,23 @@ def _targets(wcs, pixels):
                          "psf_fwhm_g": 1.5, "psf_fwhm_r": 1.4, "psf_fwhm_z": 1.3, "split": "train"})
 
 
+def _coadd_base(real_brick, tmp_path, where: str, request, files) -> str:
+    """The brick's ``files`` in the survey layout under a base that is a local folder, an ``s3://``
+    bucket on the moto server, or that bucket over HTTP (``where``: local | s3 | http)."""
+    if where == "local":
+        return _nested(real_brick, tmp_path)
+    bucket = request.getfixturevalue("s3_bucket")
+    for name in files:
+        storage.write_bytes(f"{bucket}/dr6/coadd/{BRICK[:3]}/{BRICK}/{name}", (real_brick / name).read_bytes())
+    if where == "s3":
+        return f"{bucket}/dr6"
+    return request.getfixturevalue("s3_server") + "/" + bucket[len("s3://"):] + "/dr6"
+
+
 @pytest.mark.parametrize("where", ["local", "s3", "http"])
 def test_stamps_equal_full_image_sections_and_read_few_bytes(real_brick, full, tmp_path, where, request):
     images, wcs = full
-    if where == "local":
-        base = _nested(real_brick, tmp_path)
-    else:
-        bucket = request.getfixturevalue("s3_bucket")
-        for name in FILES:
-            storage.write_bytes(f"{bucket}/dr6/coadd/{BRICK[:3]}/{BRICK}/{name}", (real_brick / name).read_bytes())
-        base = f"{bucket}/dr6" if where == "s3" else \
-            request.getfixturevalue("s3_server") + "/" + bucket[len("s3://"):] + "/dr6"
+    base = _coadd_base(real_brick, tmp_path, where, request, FILES)
     # g covers x < 883, y < 1888; z only the bottom ~37 rows; (3000, 3000) has no g coverage
     pixels = [(400.3, 480.8), (600.7, 1200.2), (300.2, 40.4), (20.0, 500.0), (-300.0, 50.0), (3000.0, 3000.0)]
     targets = _targets(wcs, pixels)

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from udfs.io import storage
 from udfs.io.range_reader import RangeCache, merge_ranges, split_shared
 from udfs.survey import coadd_files
 from udfs.survey.coadd_cutouts import CutoutConfig, cut_brick
-from tests.test_cutouts import BRICK, _nested, _targets, full, real_brick  # noqa: F401 - fixtures
+from tests.test_cutouts import BRICK, _coadd_base, _targets, full, real_brick  # noqa: F401 - fixtures
 
 G_FILES = [f"legacysurvey-{BRICK}-{k}-g.fits.fz" for k in ("image", "invvar")]
 # two stamps on the same pixels, one overlapping them, one alone, one off the image, one bad PSF
@@ -71,13 +70,7 @@ def _union(ranges):
 def test_group_bytes_are_fetched_once_and_split_among_their_users(real_brick, full, tmp_path, where,
                                                                   request, monkeypatch):
     images, wcs = full
-    if where == "local":
-        base = _nested(real_brick, tmp_path)
-    else:
-        bucket = request.getfixturevalue("s3_bucket")
-        for name in G_FILES:
-            storage.write_bytes(f"{bucket}/dr6/coadd/{BRICK[:3]}/{BRICK}/{name}", (real_brick / name).read_bytes())
-        base = request.getfixturevalue("s3_server") + "/" + bucket[len("s3://"):] + "/dr6"
+    base = _coadd_base(real_brick, tmp_path, where, request, G_FILES)
     open_raw = coadd_files._open_raw
     monkeypatch.setattr(coadd_files, "_open_raw", lambda uri, size: _Served(open_raw(uri, size), uri))
     _Served.log = []
