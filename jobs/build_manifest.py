@@ -23,7 +23,8 @@ from jobs.spark import get_spark, read_parquet, write_json, write_parquet
 from udfs.config.provenance import code_version, config_hash
 from udfs.io import storage
 from udfs.io.datasets import DatasetError, open_dataset
-from udfs.schemas.manifest import MANIFEST_SCHEMA, SUMMARY_FILE
+from udfs.schemas.cutouts import BUCKET_KEY
+from udfs.schemas.manifest import MANIFEST_SCHEMA, ROW_ORDER, SUMMARY_FILE
 from udfs.schemas.targets import DEFLECTOR_INPUT_COLUMNS, MANIFEST_INPUT_COLUMNS
 from udfs.stamps.manifest import (bank_sources_of, build_partition, check_location_free, check_targets,
                                   config_hashes, count_line, manifest_hash, manifest_report,
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     version = code_version()
     run = functools.partial(build_partition, plan=plan, bank=bank, chashes=chashes, code_version=version)
     tasks = targets.mapInPandas(run, from_arrow_schema(MANIFEST_SCHEMA))
-    written = write_parquet(tasks, location, key=["task_id"], n_buckets=plan.n_buckets,
+    written = write_parquet(tasks, location, key=list(BUCKET_KEY), order=list(ROW_ORDER), n_buckets=plan.n_buckets,
                             arrow_schema=MANIFEST_SCHEMA)
     targets.unpersist()
     report = manifest_report(plan, chashes, location=location, mhash=mhash, written=written, n_targets=n_targets,

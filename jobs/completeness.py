@@ -64,7 +64,8 @@ def read_scores(spark, uri: str, files: list[str]):
 def main(argv=None) -> int:
     from pyspark.sql import functions as F
 
-    from jobs.spark import get_spark, parquet_bytes, write_json
+    from jobs.spark import get_spark, write_json
+    from udfs.io.parquet_files import parquet_bytes
 
     args = parse_args(argv)
     full_cfg = load_config(args.config)

@@ -51,7 +51,8 @@ def parse_args(argv):
 
 @job_main
 def main(argv=None) -> int:
-    from jobs.spark import parquet_bytes, write_json
+    from jobs.spark import write_json
+    from udfs.io.parquet_files import parquet_bytes
     from udfs.qa import plots
 
     args = parse_args(argv)

@@ -4,15 +4,16 @@
         --output STAMPS [--config conf/injection.yaml] [--skip-existing]
 
 MANIFEST: the stage-3 manifest folder, or a root holding exactly one (its ``_manifest.json`` gives
-the location; :func:`udfs.stamps.manifest.resolve_manifest`). Tasks are joined with their cutouts
-(stage 4) on ``target_id``; each Python worker loads the bank once and
-:func:`udfs.stamps.inject.inject_partition` renders batches. Output (:mod:`udfs.schemas.stamps`): a
-Parquet dataset partitioned by ``split=``, one file per hash bucket of ``task_id``, pixel columns
-as Arrow fixed-size lists with shapes and band order in the schema metadata.
+the location; :func:`udfs.stamps.manifest.resolve_manifest`). The manifest and the cutouts (stage 4)
+are bucketed alike by brick; one Spark task per bucket merges the two files on ``target_id`` and
+writes that bucket's stamp files itself (:mod:`udfs.stamps.inject_bucket`): no shuffle. Each Python
+worker loads the bank once. Output (:mod:`udfs.schemas.stamps`): a Parquet dataset partitioned by
+``split=``, one file per bucket, pixel columns as Arrow fixed-size lists with shapes and band order
+in the schema metadata.
 ``<STAMPS>/_summary.json``: :mod:`udfs.stamps.summary`.
 
-``--skip-existing`` resumes a killed run: tasks whose bucket file exists are not recomputed, and
-files are written atomically, so the dataset ends identical to an uninterrupted run.
+``--skip-existing`` resumes a killed run: buckets whose every split file exists are not recomputed,
+and files are published whole, so the dataset ends identical to an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -21,17 +22,16 @@ import functools
 import json
 import sys
 
-from pyspark.sql import functions as F
-
 from jobs.cli import job_main
-from jobs.spark import bucket_of, get_spark, read_parquet, write_json, write_parquet
+from jobs.spark import get_spark, write_json
 from udfs.config.provenance import code_version, config_hash
-from udfs.io import storage
-from udfs.io.datasets import DatasetError, dataset_files, open_dataset, partition_values, schema_metadata
+from udfs.io import parquet_files, storage
+from udfs.io.datasets import DatasetError, dataset_files, file_schema, open_dataset, schema_metadata
 from udfs.schemas import cutouts
 from udfs.schemas import stamps as schema
 from udfs.sources.bank import read_bank_info
-from udfs.stamps.inject import BANK_COLUMNS, DEFAULT_CONFIG, SED_COLUMN, inject_partition, load_settings
+from udfs.stamps.inject import BANK_COLUMNS, DEFAULT_CONFIG, SED_COLUMN, inject_buckets, load_settings
+from udfs.stamps.inject_bucket import colocated_buckets
 from udfs.stamps.manifest import moves_sources, resolve_manifest
 from udfs.stamps.summary import read_status, summarise
 
@@ -45,7 +45,7 @@ def parse_args(argv):
     ap.add_argument("--bank", required=True, help="source bank HDF5 (local or s3://)")
     ap.add_argument("--output", required=True, help="stamps dataset (local or s3://)")
     ap.add_argument("--config", default=DEFAULT_CONFIG, help="injection settings (default conf/injection.yaml)")
-    ap.add_argument("--skip-existing", action="store_true", help="resume: keep bucket files that exist")
+    ap.add_argument("--skip-existing", action="store_true", help="resume: keep buckets whose files exist")
     return ap.parse_args(argv)
 
 
@@ -53,16 +53,6 @@ def _stamp_geometry(cutouts_uri: str) -> tuple[str, int]:
     """``(band order, stamp size N)`` of the stage-4 cutouts dataset."""
     files, file_schema = open_dataset(cutouts_uri, cutouts.WHAT, cutouts.READER_COLUMNS)
     return cutouts.stamp_geometry(files[0], schema_metadata(file_schema))
-
-
-def _existing_buckets(uri: str) -> set[tuple[str, int]]:
-    """``(split, bucket)`` of every stamps file already written under ``uri``."""
-    done = set()
-    for f in dataset_files(uri):
-        name, split = f.replace("\\", "/").rsplit("/", 1)[-1], partition_values(uri, f).get("split")
-        if split is not None and name.startswith("part-"):
-            done.add((split, int(name[5:10])))
-    return done
 
 
 @job_main
@@ -88,28 +78,25 @@ def run(args, manifest: str, settings, n: int, bank) -> dict:
     inj_hash = config_hash({"settings": settings.as_dict(), "bank": bank.attrs.get("config"),
                             "bank_code": bank.attrs.get("code_version"), "cosmology": cosmology})
     version = code_version()
-    spark = get_spark("inject_stamps")
-    tasks = read_parquet(spark, manifest)
-    done = _existing_buckets(args.output) if args.skip_existing else set()
-    if done:  # resume: tasks of finished bucket files are not recomputed
-        key = F.concat_ws("|", F.col("split"), bucket_of(["task_id"], settings.n_buckets).cast("string"))
-        tasks = tasks.filter(~key.isin([f"{s}|{b}" for s, b in sorted(done)]))
-    cut = read_parquet(spark, args.cutouts).select(*cutouts.READER_COLUMNS)
-    cut = cut.withColumnRenamed("ok", "cutout_ok").withColumnRenamed("fail_reason", "cutout_fail_reason")
-    body = functools.partial(inject_partition, bank_uri=args.bank, settings=settings, stamp_size=n,
-                             cosmology=cosmology,
-                             provenance={"code_version": version, "injection_config_hash": inj_hash})
-    stamps = tasks.join(cut, on="target_id", how="left").mapInPandas(body, schema.spark_ddl(settings.bands))
+    buckets = colocated_buckets(manifest, args.cutouts)
+    n_buckets = parquet_files.bucketing(file_schema(buckets[min(buckets)][0]))[1]
     arrow_schema = schema.stamp_schema(settings.bands, n, {
         "pixel_scale_arcsec": str(settings.pixel_scale), "code_version": version,
         "injection_config_hash": inj_hash, "injection_config": json.dumps(settings.as_dict(), sort_keys=True),
         "bank_catalog": str(bank.attrs.get("catalog_name", "")), "cosmology": cosmology})
-    written = write_parquet(stamps, args.output, key=["task_id"], n_buckets=settings.n_buckets,
-                            partition_by=schema.PARTITIONS, arrow_schema=arrow_schema,
-                            skip_existing=args.skip_existing)
+    arrow_schema = parquet_files.with_bucketing(arrow_schema, list(cutouts.BUCKET_KEY), n_buckets)
+    cutouts_schema = file_schema(dataset_files(args.cutouts)[0])
+    body = functools.partial(inject_buckets, bank_uri=args.bank, settings=settings, stamp_size=n,
+                             cosmology=cosmology, provenance={"code_version": version, "injection_config_hash": inj_hash},
+                             output=args.output, schema_ipc=arrow_schema.serialize().to_pybytes(),
+                             cutouts_ipc=cutouts_schema.serialize().to_pybytes(), skip_existing=args.skip_existing)
+    spark = get_spark("inject_stamps")
+    work = spark.createDataFrame([(b, m, c) for b, (m, c) in buckets.items()],
+                                 "bucket int, manifest string, cutouts string").repartition(len(buckets))
+    written = work.mapInPandas(body, "path string, rows long, status string").collect()
     summary = summarise(read_status(args.output, settings.bands), settings.bands)
     summary.update(files_written=sum(r["status"] == "written" for r in written),
-                   files_kept=len(done) + sum(r["status"] == "skipped" for r in written),
+                   files_kept=sum(r["status"] == "skipped" for r in written),
                    code_version=version, injection_config_hash=inj_hash)
     write_json(storage.join(args.output, "_summary.json"), summary)
     return summary

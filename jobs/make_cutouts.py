@@ -18,7 +18,9 @@ the covering CCDs' PSFEx models, from ``--ccds`` (a survey-ccds table; default t
 Moffat of the target's PSFSIZE, recorded in ``psf_source``. The stamp's noise texture per band is
 measured from its source-free pixels (:mod:`udfs.survey.noise_texture`).
 
-Output: a Parquet dataset (bucketed by target_id) with one row per target: ``ok``, ``fail_reason``,
+Output: a Parquet dataset with one row per target, bucketed by ``brickname`` (the targets alone
+cross Spark's shuffle; each writing task cuts its bucket's bricks and writes the file, in the
+buckets stage 3 gives the manifest, so stage 5 merges the two bucket by bucket): ``ok``, ``fail_reason``,
 ``image``/``invvar`` (float32) and ``maskbits`` (int32) as Arrow fixed-size lists, band-major
 (n_bands, H, W) flattened row-major (maskbits: one (H, W) plane), shapes and band order in the
 schema metadata; ``dx_pix, dy_pix`` (target offset from the stamp centre (N-1)/2), PSF FWHM per band,
@@ -30,6 +32,7 @@ their pixel columns as lists of null items (never zeros); see :mod:`udfs.survey.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 
@@ -40,7 +43,7 @@ from udfs.io import storage
 from udfs.io.datasets import open_dataset, read_columns
 from udfs.schemas import cutouts as schema
 from udfs.survey.bands import COADD_BANDS, SURVEY_BANDS
-from udfs.survey.coadd_cutouts import CutoutConfig, cut_group, summarise
+from udfs.survey.coadd_cutouts import CutoutConfig, cut_bucket, summarise
 from udfs.survey.target_psf import DEFAULT_MOFFAT_BETA, PSF_MODELS, PSFConfig
 
 
@@ -127,12 +130,12 @@ def main(argv=None) -> int:
     provenance = {"code_version": version, "config_hash": chash}
     base, columns = args.coadd_base, schema.COLUMNS
     keep = [c for c in targets.columns if c in schema.TARGET_INPUT_COLUMNS or c.startswith("psf_fwhm_")]
-    stamps = targets.select(*keep).groupBy("brickname").applyInPandas(
-        lambda pdf: cut_group(pdf, base, cfg, provenance, columns), schema.spark_ddl(id_type.simpleString()))
     arrow_schema = schema.cutout_schema(cfg.bands, cfg.stamp_size, {
         **provenance, "cutout_config": json.dumps(cfg.as_dict(), sort_keys=True)}, to_arrow_type(id_type))
-    files = write_parquet(stamps, args.output, key=["target_id"], n_buckets=args.n_buckets,
-                          arrow_schema=arrow_schema, skip_existing=args.skip_existing)
+    files = write_parquet(targets.select(*keep), args.output, key=list(schema.BUCKET_KEY), order=list(schema.ROW_ORDER),
+                          n_buckets=args.n_buckets, arrow_schema=arrow_schema, skip_existing=args.skip_existing,
+                          transform=functools.partial(cut_bucket, base=base, cfg=cfg, provenance=provenance,
+                                                      columns=columns))
     summary = {"output": args.output, **summarise(read_columns(args.output, schema.WHAT, schema.SUMMARY_COLUMNS), cfg), **provenance,
                "files": files}
     write_json(storage.join(args.output, schema.SUMMARY_FILE), summary)

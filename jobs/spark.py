@@ -8,7 +8,6 @@ rerun rewrites the same files with the same bytes and never duplicates rows.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
@@ -19,7 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from udfs.io import storage
+from udfs.io import parquet_files, storage
 from udfs.io.datasets import DatasetError, dataset_files, file_schema, partition_values
 
 BUCKET_COL = "_bucket"
@@ -55,13 +54,6 @@ def get_spark(app_name: str, conf: dict | None = None) -> SparkSession:
     return spark
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
-    """Serialise a table to Parquet bytes with fixed writer options (byte-identical reruns)."""
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", compression_level=3, write_statistics=True)
-    return buf.getvalue()
-
-
 def bucket_of(key: list[str], n_buckets: int):
     """The bucket (file) a row goes to: ``pmod(xxhash64(key...), n_buckets)``."""
     return F.pmod(F.xxhash64(*key), F.lit(n_buckets))
@@ -69,15 +61,21 @@ def bucket_of(key: list[str], n_buckets: int):
 
 def write_parquet(df: DataFrame, uri: str, *, key: list[str], n_buckets: int,
                   partition_by: list[str] | None = None, arrow_schema: pa.Schema | None = None,
-                  skip_existing: bool = False) -> list[dict]:
+                  skip_existing: bool = False, order: list[str] | None = None,
+                  transform=None) -> list[dict]:
     """Write ``df`` as a Parquet dataset under ``uri``; return one summary dict per file written.
 
-    ``key``: columns that identify a row; they choose the bucket (xxhash64) and the row order.
-    ``partition_by``: hive-style folders (e.g. ``split``). ``arrow_schema``: cast each file to it
-    (e.g. fixed-size lists for pixel arrays) and keep its metadata. ``skip_existing``: leave files
-    that already exist untouched (resume after a killed run; content is the same by construction).
+    ``key``: the columns whose hash chooses the bucket (file); recorded in each file's schema
+    metadata (:func:`udfs.io.parquet_files.with_bucketing`). ``order``: the row order within a file
+    (default ``key``; with ``key`` it must identify a row). ``partition_by``: hive-style folders
+    (e.g. ``split``). ``arrow_schema``: cast each file to it (e.g. fixed-size lists for pixel
+    arrays) and keep its metadata. ``skip_existing``: leave files that already exist untouched
+    (resume after a killed run; content is the same by construction). ``transform``: a function
+    from one bucket's rows (pandas) to the rows to write, run in the writing task: only ``df``'s
+    rows cross the shuffle (e.g. stage 4 ships targets, and cuts their pixels where it writes them).
     """
     partition_by = list(partition_by or [])
+    order = list(order or key)
     schema_json = arrow_schema.serialize().to_pybytes() if arrow_schema is not None else None
     bucketed = df.withColumn(BUCKET_COL, bucket_of(key, n_buckets))
 
@@ -89,50 +87,37 @@ def write_parquet(df: DataFrame, uri: str, *, key: list[str], n_buckets: int,
             return
         pdf = pd.concat(frames, ignore_index=True)
         schema = pa.ipc.read_schema(pa.py_buffer(schema_json)) if schema_json else None
-        for group, part in pdf.groupby(partition_by + [BUCKET_COL], sort=True):
-            group = group if isinstance(group, tuple) else (group,)
-            folder = uri
-            for col, value in zip(partition_by, group[:-1]):
-                folder = storage.join(folder, f"{col}={value}")
-            path = storage.join(folder, f"part-{int(group[-1]):05d}.parquet")
-            if skip_existing and storage.exists(path):
-                status = "skipped"
-            else:
-                part = part.sort_values(key, kind="stable").drop(columns=partition_by + [BUCKET_COL])
-                table = pa.Table.from_pandas(part, preserve_index=False)
-                if schema is not None:
-                    table = _null_lists_to_null_items(table.select(schema.names), schema).cast(schema)
-                storage.write_bytes(path, parquet_bytes(table))
-                status = "written"
-            yield pd.DataFrame({"path": [path], "rows": [len(part)], "status": [status]})
+        for bucket, rows in pdf.groupby(BUCKET_COL, sort=True):
+            whole = storage.join(uri, parquet_files.bucket_name(bucket))
+            if skip_existing and not partition_by and storage.exists(whole):  # before any transform
+                yield pd.DataFrame({"path": [whole], "rows": [pq.read_metadata(storage.open_input(whole)).num_rows],
+                                    "status": ["skipped"]})
+                continue
+            if transform is not None:
+                rows = transform(rows.drop(columns=[BUCKET_COL])).assign(**{BUCKET_COL: bucket})
+            for group, part in rows.groupby(partition_by + [BUCKET_COL], sort=True):
+                group = group if isinstance(group, tuple) else (group,)
+                folder = uri
+                for col, value in zip(partition_by, group[:-1]):
+                    folder = storage.join(folder, f"{col}={value}")
+                path = storage.join(folder, parquet_files.bucket_name(group[-1]))
+                if skip_existing and storage.exists(path):
+                    status = "skipped"
+                else:
+                    part = part.sort_values(order, kind="stable").drop(columns=partition_by + [BUCKET_COL])
+                    table = pa.Table.from_pandas(part, preserve_index=False)
+                    if schema is not None:
+                        table = parquet_files.conform(table, schema)
+                    table = table.replace_schema_metadata(
+                        parquet_files.with_bucketing(table.schema, key, n_buckets).metadata)
+                    storage.write_bytes(path, parquet_files.parquet_bytes(table))
+                    status = "written"
+                yield pd.DataFrame({"path": [path], "rows": [len(part)], "status": [status]})
 
     out = bucketed.repartition(n_buckets, BUCKET_COL).mapInPandas(
         write, "path string, rows long, status string")
     # collect, then sort here: a Spark sort would sample (and so run) the writing tasks twice
     return sorted((r.asDict() for r in out.collect()), key=lambda r: r["path"])
-
-
-def _null_lists_to_null_items(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Columns bound for a fixed-size list of size n: a null entry becomes n null items.
-
-    pyarrow 17's Parquet writer cannot store null fixed-size lists (it raises, or after a cast from
-    variable-size lists writes a file that cannot be read back), so e.g. the pixels of a failed row
-    are stored as a list of nulls: no value, never a zero.
-    """
-    import pyarrow.compute as pc
-
-    for i, field in enumerate(schema):
-        col = table.column(i)
-        if not (pa.types.is_fixed_size_list(field.type) and col.null_count):
-            continue
-        n = field.type.list_size
-        if pa.types.is_null(col.type):  # every entry null (pandas gave no element type)
-            items = pa.FixedSizeListArray.from_arrays(pa.nulls(len(col) * n, field.type.value_type), n)
-            table = table.set_column(i, field, items)
-        elif not pa.types.is_fixed_size_list(col.type):
-            empty = pa.scalar([None] * n, col.type)
-            table = table.set_column(i, table.field(i), pc.if_else(pc.is_null(col), empty, col))
-    return table
 
 
 def read_parquet(spark: SparkSession, uri: str) -> DataFrame:

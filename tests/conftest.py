@@ -85,3 +85,33 @@ def bank_path(btk, spark, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("bank") / "bank.h5")
     assert cosmos_source_loader.main(["--cosmos-dir", btk, "--output", out, *BANK_ARGS]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def pipeline_inputs(tmp_path_factory, spark, bank_path, data_root):
+    """Stages 1-4 on the real samples (demo selection, 3 replicates, the demo's stand-in sky):
+    ``{dir, manifest, cutouts, bank}``, the inputs of stage 5."""
+    import yaml
+
+    from jobs import build_manifest, make_cutouts, make_sample_sky, select_lrgs
+    from udfs.config.provenance import REPO_ROOT
+    from udfs.stamps.manifest import resolve_manifest
+    from udfs.survey.sky_config import load_sky_config
+
+    conf, d = REPO_ROOT / "conf", tmp_path_factory.mktemp("pipe")
+    ls = data_root / "legacysurvey"
+    cats = [str(ls / "dr8_sweeps"), str(ls / "dr8_tractor"), str(ls / "dr9_tractor")]
+    assert select_lrgs.main(["--input", *cats, "--output", str(d / "targets"),
+                             "--config", str(conf / "demo_lrg_selection.yaml")]) == 0
+    priors = yaml.safe_load((conf / "demo_injection_priors.yaml").read_text())
+    priors["replicates"] = 3   # 3 LRGs: several rows per target and label
+    (d / "priors.yaml").write_text(yaml.safe_dump(priors))
+    assert build_manifest.main(["--targets", str(d / "targets"), "--config", str(d / "priors.yaml"),
+                                "--output", str(d / "manifest"), "--bank", bank_path]) == 0
+    sky = load_sky_config(str(conf / "demo_sky.yaml"))  # the demo's sky: real PSFEx models and texture
+    assert make_sample_sky.main(["--targets", str(d / "targets"), "--catalogs", *cats[1:], cats[0],
+                                 "--output", str(d / "sky"), *sky.argv()]) == 0
+    assert make_cutouts.main(["--targets", str(d / "targets"), "--coadd-base", str(d / "sky"),
+                              "--output", str(d / "cutouts")]) == 0
+    manifest = resolve_manifest(str(d / "manifest"))  # the one manifest under the root
+    return {"dir": d, "manifest": manifest, "cutouts": str(d / "cutouts"), "bank": bank_path}

@@ -10,7 +10,8 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from jobs import make_cutouts, make_sample_sky
-from jobs.spark import dataset_files, parquet_bytes
+from jobs.spark import dataset_files
+from udfs.io.parquet_files import parquet_bytes
 from udfs.io import storage
 from udfs.schemas import cutouts
 

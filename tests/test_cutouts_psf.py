@@ -10,7 +10,8 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from jobs import make_cutouts
-from jobs.spark import dataset_files, parquet_bytes
+from jobs.spark import dataset_files
+from udfs.io.parquet_files import parquet_bytes
 from udfs.io import storage
 from udfs.survey import psf_stack as ps
 from udfs.survey.noise_texture import texture_of_coadd

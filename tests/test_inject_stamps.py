@@ -11,9 +11,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
-from jobs import build_manifest, inject_stamps, make_cutouts, make_sample_sky, select_lrgs
+from jobs import inject_stamps
 from jobs.spark import dataset_files
 from udfs.io import storage
 from udfs.lensing.arcs import nanomaggies
@@ -22,32 +21,14 @@ from udfs.schemas import cutouts as cutout_schema
 from udfs.schemas import stamps as stamp_schema
 from udfs.sources.bank import read_bank
 from udfs.stamps.inject import inject_tasks, load_settings
-from udfs.stamps.manifest import resolve_manifest
 from udfs.survey.psf import convolve
-from udfs.survey.sky_config import load_sky_config
 
 CONF = REPO_ROOT / "conf"
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory, spark, bank_path, data_root):
-    d = tmp_path_factory.mktemp("pipe")
-    ls = data_root / "legacysurvey"
-    cats = [str(ls / "dr8_sweeps"), str(ls / "dr8_tractor"), str(ls / "dr9_tractor")]
-    assert select_lrgs.main(["--input", *cats, "--output", str(d / "targets"),
-                             "--config", str(CONF / "demo_lrg_selection.yaml")]) == 0
-    priors = yaml.safe_load((CONF / "demo_injection_priors.yaml").read_text())
-    priors["replicates"] = 3   # 3 LRGs: several rows per target and label
-    (d / "priors.yaml").write_text(yaml.safe_dump(priors))
-    assert build_manifest.main(["--targets", str(d / "targets"), "--config", str(d / "priors.yaml"),
-                                "--output", str(d / "manifest"), "--bank", bank_path]) == 0
-    sky = load_sky_config(str(CONF / "demo_sky.yaml"))  # the demo's sky: real PSFEx models and texture
-    assert make_sample_sky.main(["--targets", str(d / "targets"), "--catalogs", *cats[1:], cats[0],
-                                 "--output", str(d / "sky"), *sky.argv()]) == 0
-    assert make_cutouts.main(["--targets", str(d / "targets"), "--coadd-base", str(d / "sky"),
-                              "--output", str(d / "cutouts")]) == 0
-    manifest = resolve_manifest(str(d / "manifest"))  # the one manifest under the root
-    return {"dir": d, "manifest": manifest, "cutouts": str(d / "cutouts"), "bank": bank_path}
+def inputs(pipeline_inputs):
+    return pipeline_inputs
 
 
 def run_job(inputs, out, *extra):
@@ -215,8 +196,10 @@ def test_killed_run_resumes_without_duplicates(stamps, inputs, tmp_path):
     assert run_job(inputs, out, "--skip-existing") == 0
     assert files_bytes(out) == files_bytes(stamps)
     summary = json.loads((out / "_summary.json").read_text())
-    assert summary["files_kept"] == len(partial)
-    assert summary["files_written"] == len(files_bytes(stamps)) - len(partial)
+    # a bucket publishes its split files one after another: a kill between two leaves it part-done,
+    # and it is redone whole (so up to 2 of its 3 files are written again)
+    assert len(partial) - 2 <= summary["files_kept"] <= len(partial)
+    assert summary["files_kept"] + summary["files_written"] == len(files_bytes(stamps))
     assert summary["n_stamps"] == json.loads((stamps / "_summary.json").read_text())["n_stamps"]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import posixpath
+import shutil
 import uuid
 
 import pyarrow.fs as pafs
@@ -111,6 +112,19 @@ def write_bytes(uri: str, data: bytes) -> None:
         return
     with fs.open_output_stream(path) as f:
         f.write(data)
+
+
+def put_file(local_path: str, uri: str) -> None:
+    """Publish a finished local file at ``uri`` atomically (local: copy beside it + rename; S3: one
+    upload, visible only once complete). ``local_path`` is left in place."""
+    fs, path = resolve(uri)
+    if is_s3(uri):
+        pafs.copy_files(local_path, path, destination_filesystem=fs)
+        return
+    fs.create_dir(os.path.dirname(path), recursive=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    shutil.copyfile(local_path, tmp)
+    os.replace(tmp, path)
 
 
 def glob(pattern: str) -> list[str]:

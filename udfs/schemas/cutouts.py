@@ -1,7 +1,7 @@
 """The stage-4 cutouts dataset, defined once: columns, Arrow types, units, schema metadata.
 
 Written by ``jobs.make_cutouts`` (rows from :func:`udfs.survey.coadd_cutouts.cut_brick`), read by
-``jobs.inject_stamps`` and the tests. One row per target, bucketed by ``target_id``; not partitioned.
+``jobs.inject_stamps`` and the tests. One row per target, bucketed by ``brickname`` (:data:`BUCKET_KEY`); not partitioned.
 
 Pixel columns are fixed-size lists: ``image``, ``invvar`` float32 ``(band, y, x)`` row-major with
 the band order of ``band_order``; ``maskbits`` int32 ``(y, x)``, one plane for all bands. Failed
@@ -31,6 +31,11 @@ TARGET_INPUT_COLUMNS = ("target_id", "ra", "dec", "brickname", "split")
 #: the columns stage 5 joins onto its tasks
 READER_COLUMNS = ["target_id", "ok", "fail_reason", "dx_pix", "dy_pix", "image", "invvar", "maskbits",
                   "psf", "psf_size", "psf_source", "noise_kernel", "noise_corr_g", "noise_corr_r", "noise_corr_z"]
+#: stages 3, 4 and 5 bucket their rows by the target's brick (co-located: bucket b of the manifest
+#: holds the tasks of bucket b's cutouts), so stage 5 merges them file by file, with no shuffle
+BUCKET_KEY = ("brickname",)
+#: row order within a cutouts file
+ROW_ORDER = ("brickname", "target_id")
 #: the 3 x 3 noise-texture window per band
 TEXTURE_SIZE = 3
 #: schema metadata keys every reader of the pixels needs
@@ -113,14 +118,3 @@ def stamp_geometry(path: str, metadata: dict[str, str]) -> tuple[str, int]:
         raise DatasetError(f"{path}: not a cutouts dataset (missing {'/'.join(LAYOUT_KEYS)} metadata)")
     _, n, _ = json.loads(metadata["image_shape"])
     return metadata["band_order"], int(n)
-
-
-_DDL = {_S: "string", _D: "double", _I: "int", _L: "bigint", _B: "boolean",
-        pa.list_(pa.float32()): "array<float>", pa.list_(pa.int32()): "array<int>",
-        pa.list_(pa.string()): "array<string>"}
-
-
-def spark_ddl(target_id_ddl: str = "string") -> str:
-    """Spark DDL of a cutout row as the Spark task yields it (pixels as variable-size arrays)."""
-    fields = cutout_fields(1, None)
-    return ", ".join(f"{f.name} {target_id_ddl if f.name == 'target_id' else _DDL[f.type]}" for f in fields)

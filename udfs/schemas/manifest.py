@@ -2,7 +2,9 @@
 
 Written by ``jobs.build_manifest`` (rows from :func:`udfs.stamps.manifest.build_tasks`) to
 ``<root>/<manifest_hash>/`` beside ``_manifest.json`` (its ``location``, counts and provenance),
-read by ``jobs.inject_stamps`` and the tests. Not partitioned; files ``part-<bucket>.parquet``.
+read by ``jobs.inject_stamps`` and the tests. Not partitioned; files ``part-<bucket>.parquet``,
+bucketed by the target's brick as the cutouts are (:data:`udfs.schemas.cutouts.BUCKET_KEY`), rows in
+:data:`ROW_ORDER`.
 
 Conventions (lenstronomy SIE + SHEAR; meanings in :mod:`udfs.stamps.manifest`): angles on the sky
 in arcsec, position angles in rad, ra/dec in degrees, magnitudes AB. Arc parameters (``ARC_COLUMNS``)
@@ -16,6 +18,8 @@ from udfs.survey.bands import SURVEY_BANDS
 
 WHAT = "the stage-3 manifest (jobs.build_manifest)"
 SUMMARY_FILE = "_manifest.json"
+#: row order within a manifest file: the cutouts' order, then the task
+ROW_ORDER = ("brickname", "target_id", "task_id")
 
 _S, _D, _I, _L, _B = pa.string(), pa.float64(), pa.int32(), pa.int64(), pa.bool_()
 _ARCSEC, _RAD, _ONE = "arcsec", "rad", "1"

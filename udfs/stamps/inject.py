@@ -1,7 +1,8 @@
 """Stage 5 transform: manifest tasks joined with their cutouts -> training stamps (pure pandas).
 
-:func:`inject_partition` is the Spark task body (``mapInPandas``); it calls :func:`inject_tasks` on
-each batch, which returns a new frame with the columns of :mod:`udfs.schemas.stamps`. Per row:
+:func:`inject_buckets` is the Spark task body (``mapInPandas``, one co-located bucket per row,
+:mod:`udfs.stamps.inject_bucket`); it calls :func:`inject_tasks` on each batch, which returns a new
+frame with the columns of :mod:`udfs.schemas.stamps`. Per row:
 
 - the cutout failed (``cutout_ok`` false): the stamp fails with ``fail_reason = 'cutout:<reason>'``,
   for injected and control rows alike, pixels null (never zeros);
@@ -75,7 +76,6 @@ class InjectionSettings:
     arc_noise_texture: bool = True      # arc shot noise with the cutout's measured texture (else white)
     core_radius_arcsec: float = CORE_RADIUS_ARCSEC
     rescale_to_src_z: bool = True
-    n_buckets: int = 8
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +84,9 @@ class InjectionSettings:
 def load_settings(uri: str) -> InjectionSettings:
     raw = load_yaml(uri)
     c = Checker(uri)
+    if "n_buckets" in raw:
+        raise c.fail("n_buckets", "no longer a stage-5 setting: stamps take the buckets of the manifest "
+                     "and cutouts (the priors' n_buckets); remove it")
     unknown = sorted(set(raw) - set(InjectionSettings.__dataclass_fields__))
     if unknown:
         raise c.fail(unknown[0], "unknown key")
@@ -115,8 +118,7 @@ def load_settings(uri: str) -> InjectionSettings:
         arc_noise=c.boolean(raw, "arc_noise", "arc_noise"),
         arc_noise_texture=c.boolean(raw, "arc_noise_texture", "arc_noise_texture"),
         core_radius_arcsec=c.number(raw, "core_radius_arcsec", "core_radius_arcsec", lo=0, lo_open=True),
-        rescale_to_src_z=c.boolean(raw, "rescale_to_src_z", "rescale_to_src_z"),
-        n_buckets=c.integer(raw, "n_buckets", "n_buckets", lo=1))
+        rescale_to_src_z=c.boolean(raw, "rescale_to_src_z", "rescale_to_src_z"))
 
 
 def _kernels(settings: InjectionSettings, row: dict) -> tuple[list[np.ndarray], list[str]]:
@@ -308,18 +310,29 @@ def _inject(rows: pd.DataFrame, images, invvar, kernels, texture, bank: SourceBa
     return rendered.arcs.astype(np.float32), injected, {**truth, **metrics}
 
 
-def inject_partition(batches, bank_uri: str, settings: InjectionSettings, stamp_size: int,
-                     cosmology: str, provenance: dict[str, str]):
-    """The stage-5 Spark task body (``mapInPandas``): manifest rows left-joined with their cutouts
-    (``cutout_ok``/``cutout_fail_reason``; no cutout = failed with reason ``missing``) -> stamp rows
-    in :func:`udfs.schemas.stamps.columns` order, ``provenance`` columns set on every row. The bank
-    is loaded once per Python worker."""
+def inject_buckets(rows, bank_uri: str, settings: InjectionSettings, stamp_size: int, cosmology: str,
+                   provenance: dict[str, str], output: str, schema_ipc: bytes, cutouts_ipc: bytes,
+                   skip_existing: bool):
+    """The stage-5 Spark task body (``mapInPandas`` over rows ``bucket, manifest, cutouts``): each
+    bucket's stamp files (:func:`udfs.stamps.inject_bucket.inject_bucket`), stamp rows from
+    :func:`inject_tasks` with ``provenance`` columns set on every row; yields one row per file
+    (path, rows, status). The bank is loaded once per Python worker."""
+    import pyarrow as pa
+
     from udfs.sources.bank import load_bank
+    from udfs.stamps.inject_bucket import inject_bucket
 
     bank = load_bank(bank_uri)
     names = schema.columns(settings.bands)
-    for pdf in batches:
-        pdf = pdf.assign(cutout_ok=pdf["cutout_ok"].fillna(False).astype(bool))
-        pdf.loc[pdf["cutout_fail_reason"].isna() & ~pdf["cutout_ok"], "cutout_fail_reason"] = "missing"
-        out = inject_tasks(pdf, bank, settings, stamp_size, cosmology)
-        yield out.assign(**provenance)[names]
+    file_schema = pa.ipc.read_schema(pa.py_buffer(schema_ipc))
+    cutouts_schema = pa.ipc.read_schema(pa.py_buffer(cutouts_ipc))
+
+    def inject(pdf: pd.DataFrame) -> pd.DataFrame:
+        return inject_tasks(pdf, bank, settings, stamp_size, cosmology).assign(**provenance)[names]
+
+    for batch in rows:
+        for r in batch.itertuples(index=False):
+            yield pd.DataFrame(inject_bucket(int(r.bucket), r.manifest, r.cutouts, output, inject=inject,
+                                             file_schema_=file_schema, cutouts_schema=cutouts_schema,
+                                             skip_existing=skip_existing),
+                               columns=["path", "rows", "status"])

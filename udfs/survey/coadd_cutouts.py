@@ -286,18 +286,21 @@ def _read_bands(needed: list, x0: int, y0: int, cfg: CutoutConfig) -> tuple[list
 
 def cut_group(pdf: pd.DataFrame, base: str, cfg: CutoutConfig, provenance: dict[str, str],
               columns: list[str]) -> pd.DataFrame:
-    """Spark task body (one brick's targets, grouped by brickname): the cutout rows with
-    ``columns`` (the cutouts schema's, in order) and ``provenance`` (code_version, config_hash)."""
-    for b in SURVEY_BANDS:
-        if f"psf_fwhm_{b}" not in pdf:
-            pdf[f"psf_fwhm_{b}"] = np.nan
+    """One brick's cutout rows: ``columns`` (the schema's, in order) and ``provenance`` set."""
+    pdf = pdf.assign(**{f"psf_fwhm_{b}": np.nan for b in SURVEY_BANDS if f"psf_fwhm_{b}" not in pdf})
     # fixed row order: integer remainders of shared bytes go to the first rows, so bytes_read depends on it
     pdf = pdf.sort_values("target_id", kind="stable").reset_index(drop=True)
     out = cut_brick(base, str(pdf["brickname"].iloc[0]), pdf, cfg)
-    for key, value in provenance.items():
-        out[key] = value
+    out = out.assign(**provenance)
     out["split"] = out["split"].astype(object).where(out["split"].notna(), None)
     return pd.DataFrame({n: out[n] for n in columns})
+
+
+def cut_bucket(pdf: pd.DataFrame, base: str, cfg: CutoutConfig, provenance: dict[str, str],
+               columns: list[str]) -> pd.DataFrame:
+    """The cutout rows of one output bucket's targets: :func:`cut_group` per brick, bricks in name order."""
+    return pd.concat([cut_group(part, base, cfg, provenance, columns)
+                      for _, part in pdf.groupby("brickname", sort=True)], ignore_index=True)
 
 
 def summarise(df: pd.DataFrame, cfg: CutoutConfig) -> dict:
