@@ -101,6 +101,33 @@ def test_sersic_mode_matches_lenstronomy(n_sersic, r_e, q):
     assert dev <= TOL_PEAK, f"max deviation {dev:.2e} of the peak"
 
 
+def test_adaptive_sersic_sampling_matches_lenstronomy_on_random_arcs():
+    """Our Sersic pixels take 2, 4 or 8 samples per axis, chosen from the centre sample and the 2 x 2
+    mean (udfs.lensing.render, Richardson estimate <= 0.1% of the pixel); lenstronomy takes 8 x 8
+    everywhere. Random arcs (n 1-2.5, where lenstronomy's approximate b_n is close to the exact one;
+    R_e 0.15-0.8", theta_E 0.8-2", many pixels on the critical curve): within 0.3% of the peak pixel
+    (a third of the 1% budget) and 0.2% of the flux (the estimate's bias is one-sided)."""
+    from udfs.lensing.render import sersic_ie
+
+    rng = np.random.default_rng(7)
+    peak_dev, flux_dev = [], []
+    for _ in range(8):
+        p = dict(theta_e=rng.uniform(0.8, 2.0), e1=rng.normal(0, 0.1), e2=rng.normal(0, 0.1), cx=0.0, cy=0.0,
+                 g1=rng.normal(0, 0.03), g2=rng.normal(0, 0.03))
+        n_s, r_e, q, phi = rng.uniform(1.0, 2.5), rng.uniform(0.15, 0.8), rng.uniform(0.4, 1.0), rng.uniform(0, 3)
+        sx, sy = rng.uniform(-0.3, 0.3, 2)
+        ours, _ = render_unit_arcs(our_lens(p), npix=N, pixel_scale=DP, mode=[MODE_SERSIC], src_x=sx, src_y=sy,
+                                   src_phi=phi, sersic_n=n_s, sersic_re=r_e, sersic_q=q)
+        e1, e2 = param_util.phi_q2_ellipticity(phi, q)
+        kw_src = [dict(amp=float(sersic_ie(n_s, r_e)), R_sersic=r_e, n_sersic=n_s, e1=e1, e2=e2,
+                       center_x=sx, center_y=sy)]
+        ref = lenstronomy_image(kw_lenstronomy(p), kw_src, "SERSIC_ELLIPSE", None)
+        peak_dev.append(np.abs(ours[0] - ref).max() / ref.max())
+        flux_dev.append(abs(ours[0].sum() / ref.sum() - 1))
+    assert max(peak_dev) <= 3e-3, f"max deviation {max(peak_dev):.2e} of the peak"
+    assert max(flux_dev) <= 2e-3, f"max flux deviation {max(flux_dev):.2e}"
+
+
 def test_deflection_matches_lenstronomy():
     rng = np.random.default_rng(0)
     x, y = rng.uniform(-3, 3, (2, 500))
