@@ -148,12 +148,13 @@ def read_parquet(spark: SparkSession, uri: str) -> DataFrame:
 
 
 def _spark_compatible(schema: pa.Schema) -> pa.Schema:
-    """Spark 3.5 has no fixed-size list type: read them as variable-size lists of the same values."""
+    """Spark 3.5 has no fixed-size list or float16 type: read them as variable-size lists of the
+    same values, float16 as float32."""
     fields = []
     for f in schema:
         t = f.type
         if pa.types.is_fixed_size_list(t):
-            t = pa.list_(t.value_type)
+            t = pa.list_(pa.float32() if pa.types.is_float16(t.value_type) else t.value_type)
         fields.append(pa.field(f.name, t, f.nullable))
     return pa.schema(fields)
 

@@ -59,6 +59,7 @@ def _pixels(rng, npix: int, r2: np.ndarray, src_mode: str, core_shortcut: float)
     flux = rng.uniform(1.0, 4.0) * COLOURS
     width = 1.0 if src_mode == "cosmos" else 1.6
     arc = _arc_image(npix, theta_e / PIXEL_SCALE, rng.uniform(-np.pi, np.pi), width, flux, core_shortcut)
+    arc = arc.astype(np.float16).astype(np.float64)  # as stage 5 stores it (the noise follows the stored arc)
     gain = np.array([gain_estimate(invvar[b], BANDS[b], PIXEL_SCALE) for b in range(nb)])
     noisy = np.stack([add_poisson_noise(arc[b], gain[b], rng) for b in range(nb)])
     return {"cutout": cutout, "invvar": invvar, "theta_e": theta_e, "flux": flux, "gain": gain,

@@ -114,7 +114,7 @@ def test_config_errors_name_the_key(tmp_path):
 
 def test_validation_job_clean_vs_core_shortcut_via_s3(spark, s3_bucket, tmp_path, capsys):
     clean = f"{s3_bucket}/stamps_clean"
-    write_dataset(clean, make_rows(60, seed=3, n_failed=1))
+    write_dataset(clean, make_rows(60, seed=5, n_failed=1))
     shortcut = str(tmp_path / "stamps_shortcut")
     write_dataset(shortcut, make_rows(60, seed=4, core_shortcut=0.5, src_mode="sersic", nan_rows=1))
     out = f"{s3_bucket}/report/report.json"

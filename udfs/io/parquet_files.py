@@ -6,7 +6,8 @@ The key and the count are recorded in each file's schema metadata (:func:`with_b
 reader can tell that two datasets are *co-located* (same key, same count: bucket b of one holds
 exactly the keys of bucket b of the other) and merge them file by file without a shuffle.
 
-Writer options are fixed (zstd level 3, statistics on) so that the same rows give the same bytes.
+Writer options are fixed (zstd level 3, statistics on; pixel columns byte-stream split,
+:func:`writer_options`) so that the same rows give the same bytes.
 :class:`StreamingFile` writes a file a row group at a time (bounded memory) and publishes it whole.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import re
 import tempfile
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -29,10 +31,28 @@ N_BUCKETS = b"lensinj.n_buckets"
 _PART = re.compile(r"part-(\d{5})\.parquet$")
 
 
+def _leaf(field: pa.Field) -> str:
+    """The Parquet column path of a top-level field (lists: ``<name>.list.element``)."""
+    t = field.type
+    return f"{field.name}.list.element" if pa.types.is_list(t) or pa.types.is_fixed_size_list(t) else field.name
+
+
+def writer_options(schema: pa.Schema) -> dict:
+    """:data:`WRITER_OPTIONS` for a file of ``schema``: pixel columns (lists of floats) byte-stream
+    split (each value's bytes stored as separate streams: noisy float pixels compress ~35% better
+    than with zstd alone) and not dictionary-encoded; every other column dictionary-encoded."""
+    pixels = {f.name for f in schema if (pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type))
+              and pa.types.is_floating(f.type.value_type)}
+    if not pixels:
+        return dict(WRITER_OPTIONS)
+    return {**WRITER_OPTIONS, "use_dictionary": [_leaf(f) for f in schema if f.name not in pixels],
+            "use_byte_stream_split": [_leaf(f) for f in schema if f.name in pixels]}
+
+
 def parquet_bytes(table: pa.Table) -> bytes:
     """Serialise a table to Parquet bytes with the fixed writer options (byte-identical reruns)."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, **WRITER_OPTIONS)
+    pq.write_table(table, buf, **writer_options(table.schema))
     return buf.getvalue()
 
 
@@ -82,6 +102,28 @@ def fill_null_lists(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table
 
 
+def fixed_list_column(values, field: pa.Field) -> pa.FixedSizeListArray:
+    """An object sequence of equal-length arrays (or None) as a fixed-size list column of ``field``'s
+    type, built from one stacked array (no per-row conversion); a None entry becomes null items."""
+    size, typ = field.type.list_size, field.type.value_type
+    ok = np.array([v is not None for v in values], dtype=bool)
+    flat = np.zeros((len(values), size), dtype=typ.to_pandas_dtype())
+    if ok.any():
+        flat[ok] = np.stack([np.asarray(v).ravel() for v, good in zip(values, ok) if good])
+    items = pa.array(flat.ravel(), type=typ, mask=None if ok.all() else np.repeat(~ok, size))
+    return pa.FixedSizeListArray.from_arrays(items, size)
+
+
+def from_frame(pdf, schema: pa.Schema) -> pa.Table:
+    """A pandas frame (pixel columns: objects holding arrays or None) as a table of ``schema``:
+    fixed-size list columns stacked by :func:`fixed_list_column`, the rest through pyarrow."""
+    lists = [f for f in schema if pa.types.is_fixed_size_list(f.type)]
+    rest = pa.Table.from_pandas(pdf[[f.name for f in schema if f not in lists]], preserve_index=False)
+    columns = {**{n: rest.column(n) for n in rest.column_names},
+               **{f.name: fixed_list_column(pdf[f.name].tolist(), f) for f in lists}}
+    return conform(pa.table({f.name: columns[f.name] for f in schema}), schema)
+
+
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table``'s columns in ``schema``'s order, cast to its types (null lists filled), its metadata."""
     return fill_null_lists(table.select(schema.names), schema).cast(schema)
@@ -97,7 +139,7 @@ class StreamingFile:
         self.uri, self.rows = uri, 0
         fd, self._tmp = tempfile.mkstemp(suffix=".parquet", prefix="lensinj-")
         os.close(fd)
-        self._writer = pq.ParquetWriter(self._tmp, schema, **WRITER_OPTIONS)
+        self._writer = pq.ParquetWriter(self._tmp, schema, **writer_options(schema))
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows:

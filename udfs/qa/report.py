@@ -10,8 +10,8 @@ Flux accounting (per pair, per band). The injected image is ``cutout + Poisson(a
 stored as float32, the control is the same cutout, and ``arc`` is the noiseless arc. So
 ``d = injected - control`` must equal ``arc`` within the arc's shot noise where ``arc > 0``
 (variance ``arc / gain``) and equal the arc where ``arc <= 0`` (0, or the negative wing of a
-measured PSF: no photons, no noise), up to float32 rounding (one spacing
-of each stored value, ``numpy.spacing``). Reported: ``z_sum`` = summed residual over its sigma,
+measured PSF: no photons, no noise), up to rounding (one spacing of each stored value,
+``numpy.spacing``: float32 for the images, float16 for the arc since issue 13). Reported: ``z_sum`` = summed residual over its sigma,
 ``chi2_dof`` = mean squared per-pixel residual in sigma units over the pixels where the arc
 holds >= ``CHI2_MIN_ELECTRONS`` electrons (Gaussian regime; fainter pixels make the mean
 heavy-tailed; NaN with fewer than ``CHI2_MIN_PIXELS`` of them: a compact arc's few, texture-correlated
@@ -181,17 +181,19 @@ def half_light_radius(arcs: np.ndarray, pixel_scale: float) -> np.ndarray:
 
 
 def flux_residuals(injected: np.ndarray, control: np.ndarray, arc: np.ndarray, gains: np.ndarray,
-                   rounding_units: float, kernel_sums: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                   rounding_units: float, kernel_sums: np.ndarray | None = None,
+                   arc_dtype: str = "float32") -> dict[str, np.ndarray]:
     """Per pair and band (``(B, n_bands)`` arrays): ``z_sum``, ``chi2_dof``, ``zero_viol`` (module doc).
 
     ``kernel_sums`` (``(B, n_bands)``, the stamps' ``noise_kernel_sum_<b>``; NaN or None = white):
     textured arc noise ``k (*) n`` (a 3x3 kernel) reaches one pixel beyond the arc, and its sum over
     that region is ``sum(k)`` times the white sum, so there the residual is summed over the arc grown
-    by one pixel with variance ``sum(k)^2 * sum(arc) / gain``, and only pixels beyond that reach must be 0."""
+    by one pixel with variance ``sum(k)^2 * sum(arc) / gain``, and only pixels beyond that reach must be 0.
+    ``arc_dtype``: how the arc was stored (its spacing is the arc's rounding unit; float16 since issue 13)."""
     d = injected - control
     finite = np.isfinite(d) & np.isfinite(arc)
     spacing = np.spacing(np.abs(injected).astype(np.float32)).astype(np.float64) + \
-        np.spacing(np.abs(np.nan_to_num(arc)).astype(np.float32)).astype(np.float64)
+        np.spacing(np.abs(np.nan_to_num(arc)).astype(arc_dtype)).astype(np.float64)
     g = np.asarray(gains, dtype=np.float64)[:, :, None, None]
     ksum = np.ones(g.shape) if kernel_sums is None else np.asarray(kernel_sums, dtype=np.float64)[:, :, None, None]
     ksum = np.where(np.isfinite(ksum), ksum, 1.0)
@@ -246,7 +248,7 @@ def pair_metrics(pdf: pd.DataFrame, layout: StampLayout, *, core_radius: float, 
     gains = np.stack([pdf[f"inj_gain_{b}"].iloc[idx].astype(float).to_numpy() for b in bands], axis=1)
     ksums = np.stack([pd.to_numeric(pdf[f"inj_noise_kernel_sum_{b}"], errors="coerce").iloc[idx].to_numpy(float)
                       if f"inj_noise_kernel_sum_{b}" in pdf else np.full(len(idx), np.nan) for b in bands], axis=1)
-    res = flux_residuals(inj, ctl, arc, gains, rounding_units, ksums)
+    res = flux_residuals(inj, ctl, arc, gains, rounding_units, ksums, layout.arc_dtype)
     for j, b in enumerate(bands):
         out.loc[idx, f"z_sum_{b}"] = res["z_sum"][:, j]
         out.loc[idx, f"chi2_dof_{b}"] = res["chi2_dof"][:, j]

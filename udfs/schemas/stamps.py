@@ -8,8 +8,10 @@ folder name, not in the files).
 Units (each field's ``unit`` metadata): angles on the sky in arcsec, position angles in rad, ra/dec
 in degrees, magnitudes AB, fluxes and pixels in nanomaggies, inverse variances in nanomaggies^-2,
 ``gain_<band>`` in electrons per nanomaggy, ``psfdepth_<band>`` the point-source flux inverse
-variance (nanomaggies^-2). Pixel columns are fixed-size lists: ``image``, ``invvar``, ``arc``
-float32 ``(band, y, x)`` row-major, ``maskbits`` int32 ``(y, x)``; their shapes and the band order
+variance (nanomaggies^-2). Pixel columns are fixed-size lists: ``image``, ``invvar`` float32 and ``arc`` float16 (the
+noiseless arc, a truth column: relative precision 2^-11, values below 6e-8 nanomaggies flushed to
+zero; the metrics are computed from it in float32 before it is stored) ``(band, y, x)`` row-major,
+``maskbits`` int32 ``(y, x)``; their shapes and the band order
 are in the schema metadata, so pyarrow alone can read them.
 """
 from __future__ import annotations
@@ -109,14 +111,11 @@ def _field(name: str, typ: pa.DataType, unit: str) -> pa.Field:
     return pa.field(name, typ, metadata={"unit": unit} if unit else None)
 
 
-def _pixel_fields(n_bands: int, npix: int | None) -> list[pa.Field]:
-    """Fixed-size lists of ``n_bands * npix^2`` (maskbits ``npix^2``) values; variable-size if ``npix`` is None."""
-    def sized(typ, size):
-        return pa.list_(typ, size) if npix is not None else pa.list_(typ)
-    types = {"image": sized(pa.float32(), n_bands * (npix or 0) ** 2),
-             "invvar": sized(pa.float32(), n_bands * (npix or 0) ** 2),
-             "arc": sized(pa.float32(), n_bands * (npix or 0) ** 2),
-             "maskbits": sized(pa.int32(), (npix or 0) ** 2)}
+def _pixel_fields(n_bands: int, npix: int) -> list[pa.Field]:
+    """Fixed-size lists of ``n_bands * npix^2`` values (``maskbits``: ``npix^2``)."""
+    size = n_bands * npix ** 2
+    types = {"image": pa.list_(pa.float32(), size), "invvar": pa.list_(pa.float32(), size),
+             "arc": pa.list_(pa.float16(), size), "maskbits": pa.list_(pa.int32(), npix ** 2)}
     return [_field(name, types[name], PIXEL_UNITS[name]) for name in PIXELS]
 
 
@@ -142,14 +141,3 @@ def stamp_schema(bands: str, npix: int, provenance: dict[str, str] | None = None
     fields = [_field(*f) for f in scalar_fields(bands) if f[0] not in PARTITIONS]
     fields += _pixel_fields(len(bands), npix) + [_field(*f) for f in PROVENANCE_FIELDS]
     return pa.schema(fields, metadata={**layout_metadata(bands, npix), **(provenance or {})})
-
-
-_DDL = {pa.string(): "string", pa.float64(): "double", pa.int32(): "int", pa.int64(): "bigint",
-        pa.bool_(): "boolean", pa.list_(pa.float32()): "array<float>", pa.list_(pa.int32()): "array<int>"}
-
-
-def spark_ddl(bands: str = SURVEY_BANDS) -> str:
-    """Spark DDL of a stamp row as the injection task yields it (``split`` included, pixels as arrays)."""
-    fields = [_field(*f) for f in scalar_fields(bands)] + _pixel_fields(len(bands), None) \
-        + [_field(*f) for f in PROVENANCE_FIELDS]
-    return ", ".join(f"`{f.name}` {_DDL[f.type]}" for f in fields)

@@ -32,7 +32,7 @@ angular size is scaled by ``D_A(zphot) / D_A(src_z)`` (:mod:`udfs.sources.cosmol
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -48,6 +48,7 @@ from udfs.schemas import stamps as schema
 from udfs.sources.bank import BankError, SourceBank
 from udfs.sources.cosmology import angular_size_ratio
 from udfs.sources.sed import magnitudes_at
+from udfs.stamps.half_float import from_float16, to_float16
 from udfs.survey.bands import SURVEY_BANDS, check_bands
 from udfs.survey.psf import psf_kernel, psfex_kernel
 from udfs.survey.target_psf import DEFAULT_MOFFAT_BETA
@@ -189,7 +190,7 @@ def inject_tasks(pdf: pd.DataFrame, bank: SourceBank, settings: InjectionSetting
                                                 bank, settings, n, cosmology)
         for col, values in truth.items():
             out.loc[rows.index, col] = values
-    for col, pixels in (("image", images), ("arc", arcs)):
+    for col, pixels in (("image", images), ("arc", to_float16(arcs))):  # exact: the arcs hold float16 values
         values = [None] * len(out)
         for j, g in enumerate(good):
             values[g] = pixels[j].ravel()
@@ -293,6 +294,8 @@ def _inject(rows: pd.DataFrame, images, invvar, kernels, texture, bank: SourceBa
                       sersic_n=sers["sersic_n"], sersic_re=sers["sersic_re_arcsec"],
                       sersic_q=sers["sersic_q"], size_scale=size_scale)
     rendered = render_arcs(lens, sources, kernels, n, settings.pixel_scale, bank, settings.supersampling)
+    # the arc as stored (float16, udfs.schemas.stamps): its noise, metrics and truth follow the stored values
+    rendered = replace(rendered, arcs=from_float16(to_float16(rendered.arcs)))
     seeds = rows["seed"].to_numpy(dtype=np.int64).astype(np.uint64)
     injected, _, metrics = inject(images, invvar, rendered, lens, settings.bands, settings.pixel_scale,
                                   seeds, noise=settings.arc_noise, core_radius=settings.core_radius_arcsec,

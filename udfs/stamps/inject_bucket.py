@@ -133,8 +133,7 @@ def inject_bucket(bucket: int, manifest_file: str, cutouts_file: str | None, out
         for start in range(0, tasks.num_rows, BATCH_ROWS):
             stamps = inject(_with_cutouts(tasks.slice(start, BATCH_ROWS), cut, row_of))
             for split, part in stamps.groupby("split", sort=True):
-                table = pa.Table.from_pandas(part.drop(columns=["split"]), preserve_index=False)
-                out.add(str(split), parquet_files.conform(table, file_schema_))
+                out.add(str(split), parquet_files.from_frame(part, file_schema_))
         return out.publish()
     except BaseException:
         out.discard()

@@ -33,6 +33,7 @@ class StampLayout:
     npix: int
     bands: str
     pixel_scale: float  # arcsec / pixel
+    arc_dtype: str = "float32"  # how ``arc`` is stored (float16 since issue 13: its rounding unit)
 
 
 def stamp_layout(schema: pa.Schema, source: str) -> StampLayout:
@@ -52,7 +53,10 @@ def stamp_layout(schema: pa.Schema, source: str) -> StampLayout:
     if not (isinstance(shape, list) and len(shape) == 3 and shape[1] == shape[2] and shape[0] == len(meta["band_order"])):
         raise StampInputError(f"{source}: image_shape {meta['image_shape']} does not match band_order "
                               f"{meta['band_order']!r} as [n_bands, N, N]")
-    return StampLayout(n_bands=int(shape[0]), npix=int(shape[1]), bands=meta["band_order"], pixel_scale=pixel_scale)
+    arc = schema.field("arc").type if "arc" in schema.names else None
+    arc_dtype = "float16" if arc is not None and pa.types.is_float16(getattr(arc, "value_type", arc)) else "float32"
+    return StampLayout(n_bands=int(shape[0]), npix=int(shape[1]), bands=meta["band_order"], pixel_scale=pixel_scale,
+                       arc_dtype=arc_dtype)
 
 
 def pixel_array(column, shape: tuple[int, ...]) -> np.ndarray:
