@@ -102,11 +102,11 @@ def test_sersic_mode_matches_lenstronomy(n_sersic, r_e, q):
 
 
 def test_adaptive_sersic_sampling_matches_lenstronomy_on_random_arcs():
-    """Our Sersic pixels take 2, 4 or 8 samples per axis, chosen from the centre sample and the 2 x 2
-    mean (udfs.lensing.render, Richardson estimate <= 0.1% of the pixel); lenstronomy takes 8 x 8
-    everywhere. Random arcs (n 1-2.5, where lenstronomy's approximate b_n is close to the exact one;
+    """Our smooth Sersic pixels are the Simpson mean of their centre and corners, the others take 2,
+    4 or 8 samples per axis chosen from the centre sample and the 2 x 2 mean (udfs.lensing.render);
+    lenstronomy takes 8 x 8 everywhere. Random arcs (n 1-2.5, where lenstronomy's approximate b_n is close to the exact one;
     R_e 0.15-0.8", theta_E 0.8-2", many pixels on the critical curve): within 0.3% of the peak pixel
-    (a third of the 1% budget) and 0.2% of the flux (the estimate's bias is one-sided)."""
+    (a third of the 1% budget) and 0.2% of the flux."""
     from udfs.lensing.render import sersic_ie
 
     rng = np.random.default_rng(7)

@@ -16,18 +16,41 @@ All images are ``(B, n_bands, N, N)`` in nanomaggies; ``invvar`` in nanomaggies^
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from numba import njit
 
 ARC_PIXEL_FRAC = 1e-3
 CORE_RADIUS_ARCSEC = 1.0  # ~ the DR10 PSF FWHM: the central ~4 pixels of radius
 
 
+@njit(cache=True)
+def _arc_snr(arcs, invvar, out):
+    for s in range(arcs.shape[0]):
+        for b in range(arcs.shape[1]):
+            peak = -np.inf
+            for j in range(arcs.shape[2]):
+                for i in range(arcs.shape[3]):
+                    peak = max(peak, arcs[s, b, j, i])
+            floor = ARC_PIXEL_FRAC * peak
+            acc = 0.0
+            for j in range(arcs.shape[2]):
+                for i in range(arcs.shape[3]):
+                    a = arcs[s, b, j, i]
+                    w = invvar[s, b, j, i]
+                    if a > floor and w > 0.0 and w < np.inf:
+                        acc += a * a * w
+            out[s, b] = math.sqrt(acc)
+
+
 def arc_snr(arcs: np.ndarray, invvar: np.ndarray) -> np.ndarray:
     """``(B, n_bands)`` matched-filter SNR of each band's noiseless arc (see module doc)."""
-    peak = arcs.max(axis=(-2, -1), keepdims=True)
-    w = np.where(np.isfinite(invvar) & (invvar > 0), invvar, 0.0)
-    own = arcs > ARC_PIXEL_FRAC * peak
-    return np.sqrt(np.where(own, arcs.astype(np.float64) ** 2 * w, 0.0).sum(axis=(-2, -1)))
+    arcs = np.ascontiguousarray(arcs, dtype=np.float64)
+    invvar = np.ascontiguousarray(np.broadcast_to(invvar, arcs.shape), dtype=np.float64)
+    out = np.empty(arcs.shape[:2])
+    _arc_snr(arcs, invvar, out)
+    return out
 
 
 def core_flux_fraction(arcs: np.ndarray, center_x, center_y, pixel_scale: float,

@@ -24,9 +24,12 @@ source's support disc is not supersampled: ``cosmos`` pixels there are exactly 0
 zero outside its support), ``sersic`` pixels get ``k_outer x k_outer`` samples of the smooth outer
 profile. Every other pixel gets ``k x k`` samples at the same sub-pixel centres lenstronomy uses for
 ``supersampling_factor = k``, but for ``sersic`` pixels whose footprint does not reach the profile's
-centre: those take 2 x 2, 4 x 4 or k x k samples, the fewest whose error, estimated from the centre
-sample and the 2 x 2 mean (Richardson: the midpoint rule errs by ~E/m^2 with m x m samples), is
-within ``SERSIC_PIXEL_TOL`` of the pixel (or of ``SERSIC_FAINT`` of the peak in faint pixels).
+centre. Those are first sampled at their centre and corners: where the five values differ by less
+than ``SERSIC_SMOOTH`` of the pixel's value (or of ``SERSIC_FAINT`` of the peak in faint pixels),
+the pixel is their 2-D Simpson mean (2/3 centre + 1/3 corner mean: exact for quadratics); the
+others take 2 x 2, 4 x 4 or k x k samples, the fewest whose error, estimated from the centre sample
+and the 2 x 2 mean (Richardson: the midpoint rule errs by ~E/m^2 with m x m samples), is within
+``SERSIC_PIXEL_TOL`` of the pixel (or of ``SERSIC_FAINT`` of the peak).
 The lens mapping is smooth away from the SIE's centre, so there the k x k sub-pixel source
 positions are interpolated quadratically from rays traced at the pixel's 3 x 3 nodes (corners, edge
 midpoints, centre); within ``EXACT_RAY_RADIUS_PIX`` pixels of the lens centre every ray is traced.
@@ -41,7 +44,7 @@ import numpy as np
 from numba import njit
 
 from udfs.lensing.image_count import count_images
-from udfs.lensing.sersic_sampling import sersic_bn, sersic_centres, sersic_ie, sersic_pixel_mean, sersic_sb
+from udfs.lensing.sersic_sampling import sersic_bn, sersic_ie, sersic_nodes, sersic_pixel_mean, sersic_sb
 from udfs.lensing.lens_model import Lens, ray, sie_kernel_params
 from udfs.config.limits import SERSIC_N_RANGE, ParameterError
 from udfs.sources.bank import Crops, support_radius
@@ -51,6 +54,7 @@ MODE_SERSIC = 1
 SERSIC_CORE_RE = 6.0   # sersic: supersample inside this many R_e (major axis)
 SERSIC_PIXEL_TOL = 1e-3  # sersic: estimated sampling error allowed per pixel, of its own brightness ...
 SERSIC_FAINT = 0.05       # ... or of this fraction of the peak brightness in fainter pixels
+SERSIC_SMOOTH = 0.15       # sersic: a pixel whose 5 node values vary by less than this (of its value) is smooth
 EXACT_RAY_RADIUS_PIX = 3.0  # trace every sub-pixel ray this close to the lens centre
 
 
@@ -101,7 +105,8 @@ def _render_batch(out, n_images, lens_p, mode, src_xy, src_phi, src_index, pixel
     c_img = (n_img - 1) / 2.0
     cbx = np.empty((npix + 1, npix + 1))
     cby = np.empty((npix + 1, npix + 1))
-    csc = np.empty((npix, npix))  # sersic: surface brightness at the pixel centres
+    csc = np.empty((npix, npix))  # sersic: surface brightness at the pixel centres ...
+    csb = np.empty((npix + 1, npix + 1))  # ... and corners
     nbx = np.empty((3, 3))
     nby = np.empty((3, 3))
     half = 0.5 * pixel_scale
@@ -139,8 +144,8 @@ def _render_batch(out, n_images, lens_p, mode, src_xy, src_phi, src_index, pixel
         n_images[s] = count_images(cbx, cby, sx, sy, c0, pixel_scale, b, q, lc, ls, cx, cy, g1, g2)
         peak = 0.0
         if m == 1:
-            peak = sersic_centres(csc, c0, pixel_scale, b, q, lc, ls, cx, cy, g1, g2, sx, sy, cphi, sphi,
-                                   n_s, re_s, q_s, bn_s, ie_s)
+            peak = sersic_nodes(csc, csb, cbx, cby, c0, pixel_scale, b, q, lc, ls, cx, cy, g1, g2, sx, sy, cphi,
+                                sphi, n_s, re_s, q_s, bn_s, ie_s)
         for j in range(npix):
             for i in range(npix):
                 x0 = min(cbx[j, i], cbx[j, i + 1], cbx[j + 1, i], cbx[j + 1, i + 1])
@@ -151,7 +156,14 @@ def _render_batch(out, n_images, lens_p, mode, src_xy, src_phi, src_index, pixel
                 ddx = max(x0 - pad - sx, 0.0, sx - x1 - pad)
                 ddy = max(y0 - pad - sy, 0.0, sy - y1 - pad)
                 kk = k if ddx * ddx + ddy * ddy <= radius * radius else kk_out
-                if m == 1 and kk == k and (ddx > 0.0 or ddy > 0.0):  # the centre's cusp is out of reach
+                if m == 1 and (ddx > 0.0 or ddy > 0.0):  # the profile's centre is out of the footprint's reach
+                    c00, c01, c10, c11 = csb[j, i], csb[j, i + 1], csb[j + 1, i], csb[j + 1, i + 1]
+                    simpson = (2.0 * csc[j, i] + 0.25 * (c00 + c01 + c10 + c11)) / 3.0  # exact for quadratics
+                    spread = max(c00, c01, c10, c11, csc[j, i]) - min(c00, c01, c10, c11, csc[j, i])
+                    if spread <= SERSIC_SMOOTH * max(simpson, SERSIC_FAINT * peak):
+                        out[s, j, i] = simpson * pixel_scale * pixel_scale
+                        continue
+                if m == 1 and kk == k and (ddx > 0.0 or ddy > 0.0):
                     # (2 x 2 mean - centre sample) = -3E/4, so the 2 x 2 mean errs by |that| / 3
                     v2 = sersic_pixel_mean(i, j, 2, c0, pixel_scale, b, q, lc, ls, cx, cy, g1, g2, sx, sy, cphi,
                                            sphi, n_s, re_s, q_s, bn_s, ie_s)

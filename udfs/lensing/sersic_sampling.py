@@ -57,10 +57,16 @@ def sersic_pixel_mean(i, j, kk, c0, pixel_scale, b, q, lc, ls, cx, cy, g1, g2, s
 
 
 @njit(cache=True)
-def sersic_centres(csc, c0, pixel_scale, b, q, lc, ls, cx, cy, g1, g2, sx, sy, cphi, sphi, n_s, re_s, q_s,
-                   bn_s, ie_s):
-    """A Sersic's lensed surface brightness at every pixel centre (into ``csc``); returns the largest."""
+def sersic_nodes(csc, csb, cbx, cby, c0, pixel_scale, b, q, lc, ls, cx, cy, g1, g2, sx, sy, cphi, sphi, n_s,
+                 re_s, q_s, bn_s, ie_s):
+    """A Sersic's lensed surface brightness at every pixel centre (into ``csc``, rays traced here)
+    and corner (into ``csb``, from the corners' traced source positions ``cbx, cby``); returns the
+    largest value."""
     peak = 0.0
+    for j in range(csb.shape[0]):
+        for i in range(csb.shape[1]):
+            csb[j, i] = sersic_sb(cbx[j, i], cby[j, i], sx, sy, cphi, sphi, n_s, re_s, q_s, bn_s, ie_s)
+            peak = max(peak, csb[j, i])
     for j in range(csc.shape[0]):
         for i in range(csc.shape[1]):
             bx, by = ray((i - c0) * pixel_scale, (j - c0) * pixel_scale, b, q, lc, ls, cx, cy, g1, g2)

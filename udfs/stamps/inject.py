@@ -181,7 +181,7 @@ def inject_tasks(pdf: pd.DataFrame, bank: SourceBank, settings: InjectionSetting
     for k, b in enumerate(bands):  # point-source depth implied by the cutout's invvar
         nea = np.array([1.0 / np.sum(kern[k] ** 2) for kern in kernels])
         out.loc[out.index[good], f"psfdepth_{b}"] = np.median(invvar[:, k], axis=(1, 2)) / nea
-    arcs = np.zeros_like(images)
+    arcs = np.zeros(images.shape, np.float16)  # stored as float16 (udfs.schemas.stamps)
     inj = np.flatnonzero(~out["is_control"].to_numpy(dtype=bool)[good])
     if len(inj):
         rows = out.iloc[good[inj]]
@@ -190,7 +190,7 @@ def inject_tasks(pdf: pd.DataFrame, bank: SourceBank, settings: InjectionSetting
                                                 bank, settings, n, cosmology)
         for col, values in truth.items():
             out.loc[rows.index, col] = values
-    for col, pixels in (("image", images), ("arc", to_float16(arcs))):  # exact: the arcs hold float16 values
+    for col, pixels in (("image", images), ("arc", arcs)):
         values = [None] * len(out)
         for j, g in enumerate(good):
             values[g] = pixels[j].ravel()
@@ -269,7 +269,7 @@ def _source_mags(rows: pd.DataFrame, meta: dict, idx: np.ndarray, cosmology: str
 
 
 def _inject(rows: pd.DataFrame, images, invvar, kernels, texture, bank: SourceBank, settings, n, cosmology):
-    """Render and add arcs for the injected ``rows``: ``(arcs, injected images, truth and metrics)``,
+    """Render and add arcs for the injected ``rows``: ``(arcs (float16), injected images, truth and metrics)``,
     the last a dict of per-row arrays keyed by stamp column."""
     idx = rows["src_index"].to_numpy(dtype=np.int64)
     meta = bank.meta
@@ -295,7 +295,8 @@ def _inject(rows: pd.DataFrame, images, invvar, kernels, texture, bank: SourceBa
                       sersic_q=sers["sersic_q"], size_scale=size_scale)
     rendered = render_arcs(lens, sources, kernels, n, settings.pixel_scale, bank, settings.supersampling)
     # the arc as stored (float16, udfs.schemas.stamps): its noise, metrics and truth follow the stored values
-    rendered = replace(rendered, arcs=from_float16(to_float16(rendered.arcs)))
+    arcs16 = to_float16(rendered.arcs)
+    rendered = replace(rendered, arcs=from_float16(arcs16))
     seeds = rows["seed"].to_numpy(dtype=np.int64).astype(np.uint64)
     injected, _, metrics = inject(images, invvar, rendered, lens, settings.bands, settings.pixel_scale,
                                   seeds, noise=settings.arc_noise, core_radius=settings.core_radius_arcsec,
@@ -310,7 +311,7 @@ def _inject(rows: pd.DataFrame, images, invvar, kernels, texture, bank: SourceBa
         truth[col] = meta[bank_col][idx] * (size_scale if col == "src_hlr_arcsec" else 1.0)
     for col in ("sersic_n", "sersic_re_arcsec", "sersic_q", "sersic_phi"):
         truth[col] = np.where(sersic, sers[col], np.nan)
-    return rendered.arcs.astype(np.float32), injected, {**truth, **metrics}
+    return arcs16, injected, {**truth, **metrics}
 
 
 def inject_buckets(rows, bank_uri: str, settings: InjectionSettings, stamp_size: int, cosmology: str,
