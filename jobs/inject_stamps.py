@@ -22,6 +22,8 @@ import functools
 import json
 import sys
 
+import pyarrow.parquet as pq
+
 from jobs.cli import job_main
 from jobs.spark import get_spark, write_json
 from udfs.config.provenance import code_version, config_hash
@@ -33,7 +35,7 @@ from udfs.sources.bank import read_bank_info
 from udfs.stamps.inject import BANK_COLUMNS, DEFAULT_CONFIG, SED_COLUMN, inject_buckets, load_settings
 from udfs.stamps.inject_bucket import colocated_buckets
 from udfs.stamps.manifest import moves_sources, resolve_manifest
-from udfs.stamps.summary import read_status, summarise
+from udfs.stamps.summary import dataset_summary
 
 
 
@@ -53,6 +55,12 @@ def _stamp_geometry(cutouts_uri: str) -> tuple[str, int]:
     """``(band order, stamp size N)`` of the stage-4 cutouts dataset."""
     files, file_schema = open_dataset(cutouts_uri, cutouts.WHAT, cutouts.READER_COLUMNS)
     return cutouts.stamp_geometry(files[0], schema_metadata(file_schema))
+
+
+def _rows_of(path: str) -> int:
+    """Rows of one Parquet file, from its footer."""
+    with storage.open_input(path) as f:
+        return pq.ParquetFile(f).metadata.num_rows
 
 
 @job_main
@@ -91,10 +99,13 @@ def run(args, manifest: str, settings, n: int, bank) -> dict:
                              output=args.output, schema_ipc=arrow_schema.serialize().to_pybytes(),
                              cutouts_ipc=cutouts_schema.serialize().to_pybytes(), skip_existing=args.skip_existing)
     spark = get_spark("inject_stamps")
-    work = spark.createDataFrame([(b, m, c) for b, (m, c) in buckets.items()],
-                                 "bucket int, manifest string, cutouts string").repartition(len(buckets))
+    # one Spark partition per bucket, largest first: tasks start in partition order, so the cores
+    # finish together (longest-processing-time-first)
+    rows = sorted(((b, m, c) for b, (m, c) in buckets.items()), key=lambda r: (-_rows_of(r[1]), r[0]))
+    work = spark.createDataFrame(spark.sparkContext.parallelize(rows, len(rows)),
+                                 "bucket int, manifest string, cutouts string")
     written = work.mapInPandas(body, "path string, rows long, status string").collect()
-    summary = summarise(read_status(args.output, settings.bands), settings.bands)
+    summary = dataset_summary(args.output, settings.bands)
     summary.update(files_written=sum(r["status"] == "written" for r in written),
                    files_kept=sum(r["status"] == "skipped" for r in written),
                    code_version=version, injection_config_hash=inj_hash)

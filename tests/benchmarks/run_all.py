@@ -11,7 +11,8 @@ import sys
 import time
 
 BENCHMARKS = ["tests.benchmarks.bench_render", "tests.benchmarks.bench_cutouts",
-              "tests.benchmarks.bench_psf_stack", "tests.benchmarks.bench_bank", "tests.benchmarks.bench_pipeline"]
+              "tests.benchmarks.bench_psf_stack", "tests.benchmarks.bench_bank", "tests.benchmarks.bench_pipeline",
+              "tests.benchmarks.bench_scaling"]  # last: ~25 min (stages 3 and 5 at 10^3, 10^4, 10^5 tasks)
 
 
 def main() -> int:
