@@ -135,3 +135,22 @@ def test_batch_shot_noise_and_gains_equal_the_band_by_band_definitions():
     invvar[2, 0] = 0
     with pytest.raises(Exception, match="stamp 2 band g: no pixel with invvar > 0"):
         gain_estimates(invvar, "grz", 0.262)
+
+
+def test_batched_shot_noise_equals_stamp_by_stamp_noise():
+    """add_shot_noise (draws per stamp, the rest on the whole batch) gives exactly the values of
+    add_poisson_noise stamp by stamp with each stamp's own seeded generator, white and textured."""
+    from udfs.survey.shot_noise import add_shot_noise
+
+    rng = np.random.default_rng(4)
+    arcs = np.clip(rng.normal(0.02, 0.05, (5, 3, 16, 16)), -0.01, None)  # some pixels <= 0 (PSF wings)
+    gains = rng.uniform(50, 500, (5, 3))
+    kernels = np.abs(rng.normal(0.2, 0.1, (5, 3, 3, 3)))
+    kernels[..., 1, 1] = 1.0
+    seeds = np.arange(100, 105, dtype=np.uint64)
+    for k in (None, kernels):
+        batch = add_shot_noise(arcs, gains, seeds, k)
+        one = np.stack([add_poisson_noise(arcs[s], gains[s][:, None, None], np.random.default_rng(int(seeds[s])),
+                                          None if k is None else k[s]) for s in range(5)])
+        assert batch.tobytes() == one.tobytes()
+        assert not np.array_equal(batch, arcs)

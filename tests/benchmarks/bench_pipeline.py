@@ -7,7 +7,10 @@ al. lens hosts: 53 backgrounds on as many bricks, so stage 5's brick buckets all
 stage 4 stores PSFEx stacks as in ``make run``. Timed: ``jobs.inject_stamps`` from cutouts + manifest
 to Parquet, in local[2] Spark, per core. Baseline in the same run: the same rows rendered by the
 pure transform ``udfs.stamps.inject.inject_tasks`` in one process, no Spark (``spark_efficiency`` =
-ours per core / baseline). Stage-5 realism cost: the pure transform with the default config (the
+ours per core / baseline); and stage 5's whole per-bucket work (read, merge, inject, write) over
+every bucket in one process (``spark_only_efficiency``: what Spark itself costs, the Parquet I/O
+being in both; ``io_share_of_bucket_work``: the share of that work which is not the transform).
+Storage: data bytes per stamp on the 53 backgrounds, each in one stamp pair only. Stage-5 realism cost: the pure transform with the default config (the
 stored PSF, textured arc noise) against the old default (Gaussian of PSFSIZE, white arc noise), same
 rows, same run. Cutout bytes vs whole files: from the cutout job's summary.
 """
@@ -88,6 +91,33 @@ def _baselines(d: Path, manifest: str) -> dict[str, float]:
     return rates
 
 
+def _buckets_in_process(d: Path, manifest: str) -> float:
+    """Stamps per second of stage 5's per-bucket work (read both files, merge, inject, write the
+    split files: :func:`udfs.stamps.inject_bucket.inject_bucket`) over every bucket in one process,
+    no Spark: what the job does per core, without Spark's own costs."""
+    from udfs.config.provenance import REPO_ROOT
+    from udfs.io.datasets import dataset_files, file_schema
+    from udfs.schemas import stamps as schema
+    from udfs.sources.bank import load_bank
+    from udfs.stamps.inject import inject_tasks, load_settings
+    from udfs.stamps.inject_bucket import colocated_buckets, inject_bucket
+
+    settings = load_settings(str(REPO_ROOT / "conf" / "injection.yaml"))
+    bank, names = load_bank(str(d / "bank.h5")), schema.columns(settings.bands)
+    file_schema_ = schema.stamp_schema(settings.bands, 64, {"pixel_scale_arcsec": str(settings.pixel_scale)})
+    cutouts_schema = file_schema(dataset_files(str(d / "cutouts"))[0])
+
+    def inject(pdf):
+        return inject_tasks(pdf, bank, settings, 64).assign(code_version="bench", injection_config_hash="bench")[names]
+
+    n, t0 = 0, time.perf_counter()
+    for b, (m, c) in colocated_buckets(manifest, str(d / "cutouts")).items():
+        done = inject_bucket(b, m, c, str(d / "stamps-in-process"), inject=inject, file_schema_=file_schema_,
+                             cutouts_schema=cutouts_schema)
+        n += sum(r["rows"] for r in done)
+    return n / (time.perf_counter() - t0)
+
+
 def _column_bytes(uri: Path) -> tuple[dict[str, int], int, int]:
     """Compressed data bytes per top-level column (summed over files and row groups), footer bytes
     (file size minus data: metadata and schema, fixed per file), and rows of a dataset."""
@@ -154,6 +184,7 @@ def run() -> dict:
         cut = json.loads((d / "cutouts" / "_summary.json").read_text())
         rates = _baselines(d, manifest)
         direct = rates["default"]
+        buckets = _buckets_in_process(d, manifest)
         storage = _storage(d)
     cores = 2  # local[2]
     per_core = n / wall / cores
@@ -166,6 +197,11 @@ def run() -> dict:
         "e2e_spark_efficiency": round(per_core / direct, 3),
         "spark_efficiency": round(per_core / direct, 3),
         "spark_efficiency_baseline": "inject_tasks on the same rows in one process, no Spark, per core",
+        "e2e_baseline_buckets_in_process_stamps_per_s": round(buckets, 1),
+        "spark_only_efficiency": round(per_core / buckets, 3),
+        "spark_only_efficiency_baseline": "stage 5's bucket work (read, merge, inject, write Parquet) in one "
+                                          "process, no Spark, same rows: Spark's own cost, I/O excluded",
+        "io_share_of_bucket_work": round(1 - buckets / direct, 3),
         "transform_stamps_per_s": round(rates["default"], 1),
         "transform_stamps_per_s_baseline": "stage5_baseline_gaussian_white_stamps_per_s (old default, same rows)",
         "bytes_per_stamp": storage["bytes_per_stamp"],

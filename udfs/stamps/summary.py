@@ -48,7 +48,7 @@ def dataset_summary(uri: str, bands: str, sample: int = QUANTILE_SAMPLE) -> dict
         raise DatasetError(f"{uri}: no Parquet files found (expected {schema.WHAT})")
     for f in files:
         df = _file_status(uri, f, bands)
-        df["_hash"] = pd.util.hash_pandas_object(df["task_id"], index=False).to_numpy()
+        df["_hash"] = pd.util.hash_pandas_object(df.pop("task_id"), index=False).to_numpy()
         for label, part in df.groupby(_label(df)):
             c = counts.setdefault(label, Counter())
             c["n"] += len(part)
