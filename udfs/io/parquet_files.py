@@ -40,14 +40,16 @@ def _leaf(field: pa.Field) -> str:
 def writer_options(schema: pa.Schema) -> dict:
     """:data:`WRITER_OPTIONS` for a file of ``schema``. With pixel columns (lists of floats): those
     byte-stream split (each value's bytes stored as separate streams: noisy float pixels compress
-    ~35% better than with zstd alone), without dictionary or min/max statistics (no reader filters
-    on a pixel value), and zstd level 1 (1% larger than level 3 on such files, 15% faster to
-    write); every other column dictionary-encoded, with statistics."""
-    pixels = {f.name for f in schema if (pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type))
-              and pa.types.is_floating(f.type.value_type)}
+    ~35% better than with zstd alone); they and integer pixel lists (maskbits) without dictionary
+    or min/max statistics (no reader filters on a pixel value; 2x faster to encode); zstd level 1
+    (1% larger than level 3 on such files, 15% faster); every other column dictionary-encoded,
+    with statistics."""
+    arrays = {f.name for f in schema if (pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type))
+              and (pa.types.is_floating(f.type.value_type) or pa.types.is_integer(f.type.value_type))}
+    pixels = {f.name for f in schema if f.name in arrays and pa.types.is_floating(f.type.value_type)}
     if not pixels:
         return dict(WRITER_OPTIONS)
-    others = [_leaf(f) for f in schema if f.name not in pixels]
+    others = [_leaf(f) for f in schema if f.name not in arrays]
     return {**WRITER_OPTIONS, "compression_level": 1, "use_dictionary": others, "write_statistics": others,
             "use_byte_stream_split": [_leaf(f) for f in schema if f.name in pixels]}
 
