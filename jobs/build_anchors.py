@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     from jobs.spark import get_spark, write_json, write_parquet
 
     args = parse_args(argv)
+    storage.check_writable(args.output, folder=True)  # before any input is read
     cfg = load_config(args.config)
     extra = extra_negatives(args.negatives)
     chash = config_hash({"anchors": cfg.raw, "extra_negatives": [(p.name, p.path) for p in extra]})

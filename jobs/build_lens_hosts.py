@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     from udfs.io.datasets import open_dataset
 
     args = parse_args(argv)
+    storage.check_writable(args.output, folder=True)  # before any input is read
     cfg = load_config(args.config)
     chash, version = config_hash(cfg.raw), code_version()
     if args.with_targets:

@@ -64,6 +64,7 @@ def read_targets(spark, uri: str, columns: list[str]):
 @job_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    storage.check_writable(args.output, folder=True)  # before any input is read
     plan = load_config(args.config)
     bank, bank_source = bank_sources_of(plan, args.bank, args.config)
     columns = list(MANIFEST_INPUT_COLUMNS) + (list(DEFLECTOR_INPUT_COLUMNS) if needs_deflector_columns(plan) else [])

@@ -68,6 +68,7 @@ def main(argv=None) -> int:
     from udfs.io.parquet_files import parquet_bytes
 
     args = parse_args(argv)
+    storage.check_writable(args.output, folder=True)  # before any input is read
     full_cfg = load_config(args.config)
     cfg = full_cfg.completeness
     axes = list(cfg.bins)

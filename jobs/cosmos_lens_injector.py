@@ -25,6 +25,7 @@ import numpy as np
 
 from jobs.cli import InputError, job_main
 from udfs.config.provenance import code_version
+from udfs.io import storage
 from udfs.lensing.arc_metrics import CORE_RADIUS_ARCSEC
 from udfs.lensing.arcs import Sources, inject, render_arcs
 from udfs.lensing.lens_model import Lens
@@ -245,6 +246,7 @@ def _cards(args, cx: float, cy: float, index: int, mags: dict, sersic: tuple, ps
 @job_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    storage.check_writable(args.output, folder=False)  # before any input is read
     cards = run(args)
     print(f"wrote {args.output}: theta_E={cards['THETA_E']}\" magnification={cards['MAGNIF']:.3f} "
           f"n_images={cards['NIMAGES']} arc_snr={cards['ARCSNR']} "

@@ -122,6 +122,7 @@ def _attrs(cfg: bank_config.BankConfig, args: argparse.Namespace, catalog_name: 
 @job_main
 def main(argv=None) -> int:
     args = parse_args(argv)
+    storage.check_writable(args.output, folder=False)  # before any input is read
     cfg = _load_config(args)
     start = time.perf_counter()
     cat = open_catalog(staged_directory(args.cosmos_dir))

@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     from udfs.qa import plots
 
     args = parse_args(argv)
+    storage.check_writable(args.output, folder=True)  # before any input is read
     full_cfg = load_config(args.config)
     cfg = full_cfg.recall
     anchors = read_columns(args.anchors, "the jobs.build_anchors output", EVALUATION_COLUMNS, allow_file=True)

@@ -66,6 +66,7 @@ def _rows_of(path: str) -> int:
 @job_main
 def main(argv=None) -> int:
     args = parse_args(argv)
+    storage.check_writable(args.output, folder=True)  # before any input is read
     settings = load_settings(args.config)
     bank = read_bank_info(args.bank)
     bands, n = _stamp_geometry(args.cutouts)

@@ -119,6 +119,7 @@ def main(argv=None) -> int:
     from jobs.spark import get_spark, read_parquet, write_json, write_parquet
 
     args = parse_args(argv)
+    storage.check_writable(args.output, folder=True)  # before any input is read
     cfg = _config(args)
     open_dataset(args.targets, "the stage-1 targets dataset", schema.target_input_columns(cfg.bands))
     version = code_version()

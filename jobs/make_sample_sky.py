@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     from jobs.spark import get_spark, read_parquet, write_json
 
     args = parse_args(argv)
+    storage.check_writable(args.output, folder=True)  # before any input is read
     catalogs = _catalogs(args.catalogs)
     psfex = {b: getattr(args, f"psfex_{b}") for b in args.bands if getattr(args, f"psfex_{b}")}
     read_catalogs(catalogs, args.bands)  # fail early, on the driver, naming a bad file or column

@@ -55,6 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @job_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    storage.check_writable(args.output, folder=True)  # before any input is read
     cfg = load_config(args.config)
     files = expand_inputs(args.input)
     if args.photo_z and not storage.exists(args.photo_z):

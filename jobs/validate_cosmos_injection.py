@@ -322,8 +322,8 @@ def write_outputs(args, cfg, results: list[tuple[dict, list, dict]], realism_pic
 @job_main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    cfg = load_config(args.config)
-    uris = [args.stamps] + ([args.compare] if args.compare else [])
+    storage.check_writable(args.output, folder=False)  # before any input is read
+    cfg, uris = load_config(args.config), [args.stamps] + ([args.compare] if args.compare else [])
     real = realism_io.read_real(args.real) if args.real else None
     for uri in uris:  # fail fast on an empty/wrong dataset or an annulus off the stamp, before Spark
         layout = open_stamps(uri)[1]

@@ -127,6 +127,46 @@ def put_file(local_path: str, uri: str) -> None:
     os.replace(tmp, path)
 
 
+def check_writable(uri: str, *, folder: bool) -> None:
+    """Before any work: the output ``uri`` (a dataset folder, or one file when ``folder`` is false)
+    can be written. Local: it is not a file where a folder is wanted (or a folder where a file is),
+    and its nearest existing parent is a writable folder. S3: the bucket exists and a probe object
+    can be written under the output and deleted. Raises :class:`~udfs.io.errors.InputError` naming
+    the output and the problem."""
+    from udfs.io.errors import InputError
+
+    if is_http(uri):
+        raise InputError(f"{uri}: outputs cannot be written over HTTP(S)")
+    fs, path = resolve(uri)
+    if is_s3(uri):
+        bucket = path.split("/", 1)[0]
+        try:
+            missing = fs.get_file_info(bucket).type == pafs.FileType.NotFound
+        except OSError as exc:
+            raise InputError(f"{uri}: cannot reach the output bucket {bucket!r} ({exc})") from exc
+        if missing:
+            raise InputError(f"{uri}: the output bucket {bucket!r} does not exist")
+        probe = f"{path.rstrip('/')}{'/' if folder else '.'}_write-probe-{uuid.uuid4().hex}"
+        try:
+            with fs.open_output_stream(probe) as f:
+                f.write(b"")
+            fs.delete_file(probe)
+        except OSError as exc:
+            raise InputError(f"{uri}: cannot write the output ({exc})") from exc
+        return
+    if folder and os.path.isfile(path):
+        raise InputError(f"{uri}: the output is an existing file, expected a folder")
+    if not folder and os.path.isdir(path):
+        raise InputError(f"{uri}: the output is an existing folder, expected a file")
+    parent = path if folder else os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise InputError(f"{uri}: {parent} is a file, so the output cannot be created")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{uri}: {parent} is not writable")
+
+
 def glob(pattern: str) -> list[str]:
     """Expand a glob (``*``, ``?``, ``[]`` in the last path component) on local disk or S3, sorted."""
     pattern = str(pattern)
