@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import io
 import json
+import os
 
 import galsim
 import h5py
@@ -25,6 +26,8 @@ from udfs.sources.bank import Crops, untimed_group, write_crops
 from udfs.sources.bank_render import footprint, half_light_radius, inspect_original, render
 from udfs.sources.cosmos_catalog import CatalogError, CosmosCatalog, open_catalog, staged_directory
 
+#: a row whose image or PSF file cannot be read is rejected as ``unreadable_image:<file>``
+UNREADABLE = "unreadable_image"
 REASONS = ("galsim_exclusion", "mag_out_of_range", "bad_zphot", "psf_wider_than_target", "no_detection",
            "truncated_by_stamp_edge", "neighbour", "exceeds_bank_stamp", "hlr_out_of_range", "hst_noise",
            "morphology_failed", "sersic_fit_failed")
@@ -211,10 +214,29 @@ def render_rows(cosmos_dir: str, indices: list[int], cfg: BankConfig, seed: int)
     rgc = galsim.RealGalaxyCatalog(cat.file_name, dir=cat.directory)
     try:
         for index in indices:
-            status, row, image = process_galaxy(cat, rgc, index, cfg, seed)
+            unreadable = _unreadable_file(rgc, index)
+            if unreadable:
+                status, row, image = f"{UNREADABLE}:{unreadable}", {"catalog_index": int(index)}, None
+            else:
+                status, row, image = process_galaxy(cat, rgc, index, cfg, seed)
             yield index, status, json.dumps(row), (image.tobytes() if image is not None else None)
     finally:
         rgc.close()
+
+
+def _unreadable_file(rgc: galsim.RealGalaxyCatalog, index: int) -> str | None:
+    """The name of the image or PSF file that row ``index`` cannot be read from (truncated or
+    corrupt FITS: astropy raises OSError, or IndexError for an HDU past a truncated end), else None."""
+    import warnings
+
+    for read, files in ((rgc.getGalImage, rgc.gal_file_name), (rgc.getPSFImage, rgc.psf_file_name)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # astropy's "file may have been truncated"
+                read(index)
+        except (OSError, IndexError):
+            return os.path.basename(str(files[index]))
+    return None
 
 
 def considered_rows(cat: CosmosCatalog, max_galaxies: int | None, seed: int) -> np.ndarray:
@@ -243,7 +265,8 @@ def assemble(results: list, pre_reasons: np.ndarray, cfg: BankConfig
     meta = {name: np.array([m[name] for m in metas]) if metas else np.zeros(0)
             for name in META_COLUMNS if name not in SED_COLUMNS}
     crops = Crops.from_squares((np.frombuffer(b, dtype=np.float32).reshape(size, size) for b in images), size)
-    return crops, meta, {k: int(counts.get(k, 0)) for k in REASONS}
+    unreadable = {k: int(v) for k, v in sorted(counts.items()) if k.startswith(UNREADABLE + ":")}
+    return crops, meta, {**{k: int(counts.get(k, 0)) for k in REASONS}, **unreadable}
 
 
 def write_bank(crops: Crops, meta: dict[str, np.ndarray], attrs: dict, output: Output) -> bytes:
