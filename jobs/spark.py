@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from udfs.io import parquet_files, storage
-from udfs.io.datasets import DatasetError, dataset_files, file_schema, partition_values
+from udfs.io.datasets import DatasetError, check_readable, dataset_files, file_schema, partition_values
 
 BUCKET_COL = "_bucket"
 
@@ -128,6 +128,7 @@ def read_parquet(spark: SparkSession, uri: str) -> DataFrame:
     files = dataset_files(uri)
     if not files:
         raise DatasetError(f"{uri}: no Parquet files found")
+    check_readable(files)
     parts = partition_values(uri, files[0])
     arrow_schema = pa.schema([f for f in file_schema(files[0]) if f.name not in parts] +
                              [pa.field(k, pa.string()) for k in parts])

@@ -51,9 +51,20 @@ def list_dataset(uri: str, what: str, *, allow_file: bool = False) -> list[str]:
 
 
 def file_schema(path: str) -> pa.Schema:
-    """The Arrow schema (with metadata) stored in one Parquet file."""
+    """The Arrow schema (with metadata) stored in one Parquet file; :class:`DatasetError` naming the
+    file when it is not a readable Parquet file (truncated, corrupt footer)."""
     with storage.open_input(path) as f:
-        return pq.read_schema(f)
+        try:
+            return pq.read_schema(f)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DatasetError(f"{path}: not a readable Parquet file ({exc})") from exc
+
+
+def check_readable(files: list[str]) -> None:
+    """Every file's footer can be read (one small read each): a truncated or corrupt part is a
+    :class:`DatasetError` naming it here, on the driver, not an error inside a Spark task."""
+    for f in files:
+        file_schema(f)
 
 
 def check_columns(path: str, schema: pa.Schema, columns: list[str],

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from udfs.io import parquet_files, storage
-from udfs.io.datasets import DatasetError, dataset_files, file_schema
+from udfs.io.datasets import DatasetError, check_readable, dataset_files, file_schema
 from udfs.schemas import cutouts
 
 BATCH_ROWS = 256
@@ -40,6 +40,7 @@ def colocated_buckets(manifest_uri: str, cutouts_uri: str) -> dict[int, tuple[st
         files = dataset_files(uri)
         if not files:
             raise DatasetError(f"{uri}: no Parquet files found")
+        check_readable(files)
         layouts[uri] = (parquet_files.bucketing(file_schema(files[0])),
                         {parquet_files.bucket_number(f): f for f in files})
     (m_layout, m_files), (c_layout, c_files) = layouts[manifest_uri], layouts[cutouts_uri]
