@@ -101,7 +101,7 @@ def write_parquet(df: DataFrame, uri: str, *, key: list[str], n_buckets: int,
                 for col, value in zip(partition_by, group[:-1]):
                     folder = storage.join(folder, f"{col}={value}")
                 path = storage.join(folder, parquet_files.bucket_name(group[-1]))
-                if skip_existing and storage.exists(path):
+                if skip_existing and partition_by and storage.exists(path):  # unpartitioned: checked above
                     status = "skipped"
                 else:
                     part = part.sort_values(order, kind="stable").drop(columns=partition_by + [BUCKET_COL])

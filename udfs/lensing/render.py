@@ -163,16 +163,16 @@ def _render_batch(out, n_images, lens_p, mode, src_xy, src_phi, src_index, pixel
                     if spread <= SERSIC_SMOOTH * max(simpson, SERSIC_FAINT * peak):
                         out[s, j, i] = simpson * pixel_scale * pixel_scale
                         continue
-                if m == 1 and kk == k and (ddx > 0.0 or ddy > 0.0):
-                    # (2 x 2 mean - centre sample) = -3E/4, so the 2 x 2 mean errs by |that| / 3
-                    v2 = sersic_pixel_mean(i, j, 2, c0, pixel_scale, b, q, lc, ls, cx, cy, g1, g2, sx, sy, cphi,
-                                           sphi, n_s, re_s, q_s, bn_s, ie_s)
-                    err2 = abs(v2 - csc[j, i]) / 3.0
-                    allowed = SERSIC_PIXEL_TOL * max(v2, SERSIC_FAINT * peak)
-                    if err2 <= allowed:
-                        out[s, j, i] = v2 * pixel_scale * pixel_scale
-                        continue
-                    kk = 4 if err2 <= 4.0 * allowed and k > 4 else k
+                    if kk == k:
+                        # (2 x 2 mean - centre sample) = -3E/4, so the 2 x 2 mean errs by |that| / 3
+                        v2 = sersic_pixel_mean(i, j, 2, c0, pixel_scale, b, q, lc, ls, cx, cy, g1, g2, sx, sy, cphi,
+                                               sphi, n_s, re_s, q_s, bn_s, ie_s)
+                        err2 = abs(v2 - csc[j, i]) / 3.0
+                        allowed = SERSIC_PIXEL_TOL * max(v2, SERSIC_FAINT * peak)
+                        if err2 <= allowed:
+                            out[s, j, i] = v2 * pixel_scale * pixel_scale
+                            continue
+                        kk = 4 if err2 <= 4.0 * allowed and k > 4 else k
                 if kk != 0 and m == 0:
                     # tighter for bank images: the footprint against the image's square, in its
                     # own rotated pixel frame (bilinear support reaches from -1 to S)

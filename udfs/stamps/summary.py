@@ -22,6 +22,7 @@ from udfs.survey.target_psf import source_method
 
 QUANTILE_SAMPLE = 200_000
 
+
 def _status_columns(bands: str) -> list[str]:
     return (["task_id", "is_control", "ok", "fail_reason"] + [f[0] for f in schema.condition_fields(bands)]
             + [f[0] for f in schema.psf_noise_fields(bands)])
