@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     from pyspark.sql.pandas.types import from_arrow_schema
 
     from jobs.spark import get_spark, write_json, write_parquet
+    from udfs.io.publish import publishing
 
     args = parse_args(argv)
     storage.check_writable(args.output, folder=True)  # before any input is read
@@ -56,9 +57,11 @@ def main(argv=None) -> int:
         raise AnchorError(f"{args.config}: the selection gives no anchor and no negative (check lenscat/footprint)")
     df = get_spark("build_anchors").createDataFrame(anchor_table(rows).to_pandas(),
                                                     schema=from_arrow_schema(ANCHOR_SCHEMA))
-    files = write_parquet(df, args.output, key=["target_id"], n_buckets=cfg.n_buckets, arrow_schema=ANCHOR_SCHEMA)
-    summary.update(output=args.output, files=files, config_hash=chash, code_version=code_version())
-    write_json(storage.join(args.output, "_anchors.json"), summary)
+    with publishing(args.output, job="jobs.build_anchors", config_hash=chash) as output:
+        files = write_parquet(df, args.output, key=["target_id"], n_buckets=cfg.n_buckets, arrow_schema=ANCHOR_SCHEMA)
+        summary.update(output=args.output, files=files, config_hash=chash, code_version=code_version())
+        write_json(storage.join(args.output, "_anchors.json"), summary)
+        output.commit([f["path"] for f in files])
     pc = summary["position_check"]
     print(f"anchors: {summary['anchors']} from {summary['lenscat']} ({pc['within_radius']}/{pc['checked']} within "
           f"{pc['radius_arcsec']}\" of lenscat), {summary['n_negatives']} negatives -> {args.output}")

@@ -40,6 +40,7 @@ def main(argv=None) -> int:
 
     from jobs.spark import get_spark, read_parquet, write_json, write_parquet
     from udfs.io.datasets import open_dataset
+    from udfs.io.publish import publishing
 
     args = parse_args(argv)
     storage.check_writable(args.output, folder=True)  # before any input is read
@@ -61,12 +62,14 @@ def main(argv=None) -> int:
         n_with = other.count()
         df = df.unionByName(other)
     storage.write_bytes(args.catalog, catalog_fits(catalog))
-    files = write_parquet(df, args.output, key=["target_id"], n_buckets=4, arrow_schema=TARGET_SCHEMA)
-    summary = {"hosts": len(hosts), "with_targets": args.with_targets, "with_targets_rows": n_with,
-               "lists": counts, "catalog": args.catalog, "bricks": int(pd.Series(hosts["brickname"]).nunique()),
-               "zl_sources": {str(k): int(v) for k, v in hosts["zl_source"].value_counts().sort_index().items()},
-               "files": files, "config": args.config, "config_hash": chash, "code_version": version}
-    write_json(storage.join(args.output, "_hosts.json"), summary)
+    with publishing(args.output, job="jobs.build_lens_hosts", config_hash=chash) as output:
+        files = write_parquet(df, args.output, key=["target_id"], n_buckets=4, arrow_schema=TARGET_SCHEMA)
+        summary = {"hosts": len(hosts), "with_targets": args.with_targets, "with_targets_rows": n_with,
+                   "lists": counts, "catalog": args.catalog, "bricks": int(pd.Series(hosts["brickname"]).nunique()),
+                   "zl_sources": {str(k): int(v) for k, v in hosts["zl_source"].value_counts().sort_index().items()},
+                   "files": files, "config": args.config, "config_hash": chash, "code_version": version}
+        write_json(storage.join(args.output, "_hosts.json"), summary)
+        output.commit([f["path"] for f in files])
     print(f"lens hosts: {len(hosts)} deflectors on {summary['bricks']} bricks from "
           f"{', '.join(counts)}" + (f", with {n_with} targets of {args.with_targets}" if args.with_targets else "")
           + f" -> {args.output}; catalogue {args.catalog}")

@@ -23,6 +23,7 @@ from jobs.spark import get_spark, read_parquet, write_json, write_parquet
 from udfs.config.provenance import code_version, config_hash
 from udfs.io import storage
 from udfs.io.datasets import DatasetError, open_dataset
+from udfs.io.publish import publishing
 from udfs.schemas.cutouts import BUCKET_KEY
 from udfs.schemas.manifest import MANIFEST_SCHEMA, ROW_ORDER, SUMMARY_FILE
 from udfs.schemas.targets import DEFLECTOR_INPUT_COLUMNS, MANIFEST_INPUT_COLUMNS
@@ -80,13 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     version = code_version()
     run = functools.partial(build_partition, plan=plan, bank=bank, chashes=chashes, code_version=version)
     tasks = targets.mapInPandas(run, from_arrow_schema(MANIFEST_SCHEMA))
-    written = write_parquet(tasks, location, key=list(BUCKET_KEY), order=list(ROW_ORDER), n_buckets=plan.n_buckets,
-                            arrow_schema=MANIFEST_SCHEMA)
-    targets.unpersist()
-    report = manifest_report(plan, chashes, location=location, mhash=mhash, written=written, n_targets=n_targets,
-                             targets=args.targets, fingerprint=fingerprint, bank_size=bank.size,
-                             bank_source=bank_source, code_version=version)
-    write_json(storage.join(location, SUMMARY_FILE), report)
+    with publishing(location, job="jobs.build_manifest", config_hash=mhash) as output:
+        written = write_parquet(tasks, location, key=list(BUCKET_KEY), order=list(ROW_ORDER),
+                                n_buckets=plan.n_buckets, arrow_schema=MANIFEST_SCHEMA)
+        targets.unpersist()
+        report = manifest_report(plan, chashes, location=location, mhash=mhash, written=written, n_targets=n_targets,
+                                 targets=args.targets, fingerprint=fingerprint, bank_size=bank.size,
+                                 bank_source=bank_source, code_version=version)
+        write_json(storage.join(location, SUMMARY_FILE), report)
+        output.commit([w["path"] for w in written])
     print(f"manifest {mhash}: {report['rows']} rows = {count_line(plan, n_targets)}")
     print(f"wrote {location}")
     return 0

@@ -28,6 +28,7 @@ from jobs.cli import job_main
 from udfs.config import bank as bank_config
 from udfs.config.provenance import REPO_ROOT, code_version, config_hash
 from udfs.io import storage
+from udfs.io.publish import publishing
 from udfs.sources import bank_build, bank_photometry
 from udfs.sources.cosmos_catalog import open_catalog, staged_directory
 
@@ -124,6 +125,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     storage.check_writable(args.output, folder=False)  # before any input is read
     cfg = _load_config(args)
+    with publishing(args.output, job="jobs.cosmos_source_loader", config_hash=config_hash(cfg.as_dict()),
+                    folder=False) as output:
+        _build(args, cfg)
+        output.commit([])
+    return 0
+
+
+def _build(args, cfg) -> None:
+    """Select, render and write the bank; print what it holds."""
     start = time.perf_counter()
     cat = open_catalog(staged_directory(args.cosmos_dir))
     rows = bank_build.considered_rows(cat, args.max_galaxies, args.seed)
@@ -150,7 +160,6 @@ def main(argv=None) -> int:
               f"{phot['unmatched']} unmatched and {phot['matched_unusable']} without photo-z/bands keep the "
               "catalogue route")
     print(f"  time {round(time.perf_counter() - start, 1)} s, file size {len(blob) / 1e6:.2f} MB")
-    return 0
 
 
 if __name__ == "__main__":

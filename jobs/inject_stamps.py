@@ -29,6 +29,7 @@ from jobs.spark import get_spark, write_json
 from udfs.config.provenance import code_version, config_hash
 from udfs.io import parquet_files, storage
 from udfs.io.datasets import DatasetError, dataset_files, file_schema, open_dataset, schema_metadata
+from udfs.io.publish import publishing
 from udfs.schemas import cutouts
 from udfs.schemas import stamps as schema
 from udfs.sources.bank import read_bank_info
@@ -86,6 +87,15 @@ def run(args, manifest: str, settings, n: int, bank) -> dict:
     cosmology = json.loads(bank.attrs.get("config", "{}")).get("cosmology", "Planck18")
     inj_hash = config_hash({"settings": settings.as_dict(), "bank": bank.attrs.get("config"),
                             "bank_code": bank.attrs.get("code_version"), "cosmology": cosmology})
+    with publishing(args.output, job="jobs.inject_stamps", config_hash=inj_hash) as output:
+        summary, files = _inject(args, manifest, settings, n, bank, cosmology, inj_hash)
+        output.commit(files)
+    return summary
+
+
+def _inject(args, manifest: str, settings, n: int, bank, cosmology: str, inj_hash: str) -> tuple[dict, list[str]]:
+    """Write the stamps of every co-located bucket, then ``_summary.json``; return the summary and
+    the files."""
     version = code_version()
     buckets = colocated_buckets(manifest, args.cutouts)
     n_buckets = parquet_files.bucketing(file_schema(buckets[min(buckets)][0]))[1]
@@ -111,7 +121,7 @@ def run(args, manifest: str, settings, n: int, bank) -> dict:
                    files_kept=sum(r["status"] == "skipped" for r in written),
                    code_version=version, injection_config_hash=inj_hash)
     write_json(storage.join(args.output, "_summary.json"), summary)
-    return summary
+    return summary, [r["path"] for r in written]
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python -m jobs.make_cutouts --targets TARGETS --coadd-base BASE --output OUT
         [--stamp-size 64] [--bands grz] [--min-good-frac 0.5] [--layout nested|flat]
-        [--allow-missing-maskbits] [--n-buckets 8] [--retries 4] [--skip-existing]
+        [--allow-missing-maskbits] [--n-buckets 8] [--retries 4] [--max-remote-requests 8] [--skip-existing]
         [--psf-model survey|moffat|gaussian] [--ccds TABLE] [--calib-base DIR] [--images-base DIR]
         [--moffat-beta 3.1] [--psf-flux-fraction 0.995]
 
@@ -41,6 +41,7 @@ from jobs.cli import InputError, job_main
 from udfs.config.provenance import code_version, config_hash
 from udfs.io import storage
 from udfs.io.datasets import open_dataset, read_columns
+from udfs.io.publish import publishing
 from udfs.schemas import cutouts as schema
 from udfs.survey.bands import COADD_BANDS, SURVEY_BANDS
 from udfs.survey.coadd_cutouts import CutoutConfig, cut_bucket, summarise
@@ -63,7 +64,11 @@ def parse_args(argv):
     p.add_argument("--allow-missing-maskbits", action="store_true",
                    help="keep rows of bricks without a maskbits file (maskbits null) instead of failing them")
     p.add_argument("--n-buckets", type=int, default=8, help="output files (hash buckets of target_id)")
-    p.add_argument("--retries", type=int, default=4, help="retries per failed remote read (backoff doubles)")
+    p.add_argument("--retries", type=int, default=4,
+                   help="retries per failed remote read (jittered backoff doubling from 0.25 s; Retry-After honoured)")
+    p.add_argument("--max-remote-requests", type=int, default=8,
+                   help="coadd requests (HTTP range GETs, S3 reads) in flight per machine, all workers together "
+                        "(default 8)")
     p.add_argument("--skip-existing", action="store_true", help="resume: keep output files that exist")
     p.add_argument("--psf-model", choices=PSF_MODELS, default="survey",
                    help="survey: CCD PSFEx stack, Moffat fallback (default); moffat; gaussian (explicit only)")
@@ -84,7 +89,7 @@ def _config(args) -> CutoutConfig:
                     flux_fraction=args.psf_flux_fraction)
     cfg = CutoutConfig(stamp_size=args.stamp_size, bands=args.bands, min_good_frac=args.min_good_frac,
                        layout=args.layout, require_maskbits=not args.allow_missing_maskbits,
-                       retries=args.retries, psf=psf).validate()
+                       retries=args.retries, max_remote_requests=args.max_remote_requests, psf=psf).validate()
     for flag, uri in (("--ccds", args.ccds), ("--calib-base", args.calib_base), ("--images-base", args.images_base)):
         if uri and not storage.exists(uri):
             raise InputError(f"{flag} {uri}: not found")
@@ -133,13 +138,16 @@ def main(argv=None) -> int:
     keep = [c for c in targets.columns if c in schema.TARGET_INPUT_COLUMNS or c.startswith("psf_fwhm_")]
     arrow_schema = schema.cutout_schema(cfg.bands, cfg.stamp_size, {
         **provenance, "cutout_config": json.dumps(cfg.as_dict(), sort_keys=True)}, to_arrow_type(id_type))
-    files = write_parquet(targets.select(*keep), args.output, key=list(schema.BUCKET_KEY), order=list(schema.ROW_ORDER),
-                          n_buckets=args.n_buckets, arrow_schema=arrow_schema, skip_existing=args.skip_existing,
-                          transform=functools.partial(cut_bucket, base=base, cfg=cfg, provenance=provenance,
-                                                      columns=columns))
-    summary = {"output": args.output, **summarise(read_columns(args.output, schema.WHAT, schema.SUMMARY_COLUMNS), cfg), **provenance,
-               "files": files}
-    write_json(storage.join(args.output, schema.SUMMARY_FILE), summary)
+    with publishing(args.output, job="jobs.make_cutouts", config_hash=chash) as output:
+        files = write_parquet(targets.select(*keep), args.output, key=list(schema.BUCKET_KEY),
+                              order=list(schema.ROW_ORDER), n_buckets=args.n_buckets, arrow_schema=arrow_schema,
+                              skip_existing=args.skip_existing,
+                              transform=functools.partial(cut_bucket, base=base, cfg=cfg, provenance=provenance,
+                                                          columns=columns))
+        summary = {"output": args.output, **provenance, "files": files,
+                   **summarise(read_columns(args.output, schema.WHAT, schema.SUMMARY_COLUMNS), cfg)}
+        write_json(storage.join(args.output, schema.SUMMARY_FILE), summary)
+        output.commit([f["path"] for f in files])
     print(f"cutouts: {summary['n_ok']}/{summary['n_targets']} ok, failures {summary['fail_reasons']}, "
           f"{summary['bytes_read_per_stamp_mean']:.0f} bytes read per stamp vs "
           f"{summary['whole_files_bytes_per_stamp_mean']:.0f} in the whole files -> {args.output}")

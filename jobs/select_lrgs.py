@@ -30,6 +30,7 @@ from jobs.cli import job_main
 from jobs.spark import get_spark, write_json, write_parquet
 from udfs.config.provenance import REPO_ROOT, code_version, config_hash
 from udfs.io import storage
+from udfs.io.publish import publishing
 from udfs.schemas.targets import TARGET_SCHEMA
 from udfs.survey.tractor_catalog import CatalogError, expand_inputs
 from udfs.targets.funnel import (PER_FILE_DDL, explode_targets, failed_files_error, file_selector, funnel_report,
@@ -61,6 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.photo_z and not storage.exists(args.photo_z):
         raise CatalogError(f"--photo-z {args.photo_z}: no such folder")
     chash, version = config_hash(cfg.raw), code_version()
+    with publishing(args.output, job="jobs.select_lrgs", config_hash=chash) as output:
+        report = _select(args, cfg, files, chash, version)
+        output.commit(report["files"])
+    print("\n".join(report_lines(report, cfg)))
+    print(f"wrote {args.output} and {storage.join(args.output, '_funnel.json')}")
+    return 0
+
+
+def _select(args, cfg, files: list[str], chash: str, version: str) -> dict:
+    """Select, deduplicate and write the targets and ``_funnel.json``; return the funnel report."""
     spark = get_spark("lensinj-select-lrgs")
     n_parts = args.partitions or max(1, min(len(files), 4 * spark.sparkContext.defaultParallelism))
     per_file = (spark.createDataFrame([(f,) for f in files], "path string").repartition(n_parts)
@@ -87,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         raise RuntimeError(f"wrote {sum(r['rows'] for r in written)} rows, expected {report['selected']}")
     report["files"] = [r["path"] for r in written]
     write_json(storage.join(args.output, "_funnel.json"), report)
-    print("\n".join(report_lines(report, cfg)))
-    print(f"wrote {args.output} and {storage.join(args.output, '_funnel.json')}")
-    return 0
+    return report
 
 
 if __name__ == "__main__":

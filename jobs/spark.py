@@ -26,7 +26,8 @@ BUCKET_COL = "_bucket"
 
 def get_spark(app_name: str, conf: dict | None = None) -> SparkSession:
     """Return a session: the submit's master under spark-submit, else ``$LENSINJ_SPARK_MASTER``
-    (default ``local[2]``).
+    (default ``local[2,4]``: 2 cores, a failed task tried up to 4 times, as EMR's default
+    ``spark.task.maxFailures``, so a lost Python worker costs its task, not the job).
 
     Python workers use the driver's interpreter (the project's virtualenv) unless
     ``PYSPARK_PYTHON`` says otherwise; BLAS/OpenMP/numba threads are pinned to 1 per task.
@@ -35,7 +36,7 @@ def get_spark(app_name: str, conf: dict | None = None) -> SparkSession:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not launched by spark-submit
-        builder = builder.master(os.environ.get("LENSINJ_SPARK_MASTER", "local[2]"))
+        builder = builder.master(os.environ.get("LENSINJ_SPARK_MASTER", "local[2,4]"))
     settings = {
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.session.timeZone": "UTC",
@@ -50,7 +51,9 @@ def get_spark(app_name: str, conf: dict | None = None) -> SparkSession:
     for key, value in {**settings, **(conf or {})}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
+    # a failed task is reported once, by the driver (jobs.cli): the executors' own ERROR logs of it
+    # would print a Java stack trace even for bad input
+    spark.sparkContext.setLogLevel("FATAL")
     return spark
 
 

@@ -3,19 +3,15 @@
     python -m jobs.validate_cosmos_injection --stamps PATH --output report.json
         [--compare OTHER_PATH] [--real CUTOUTS] [--config conf/validation.yaml] [--strict]
 
-PATH: the stage-5 stamps dataset (local or s3://, ``split=`` folders). Spark reads one task per
-file with pyarrow (:func:`udfs.qa.report.read_task`): per-row checks, then a full outer join of
-injected and control rows on ``pair_id`` for flux accounting and the shortcut-gate pixels
-(:func:`udfs.qa.report.pairs_task`); counts and quantiles are Spark aggregates, assembled into the
-report by :mod:`udfs.qa.report_sections`. Writes the JSON report and, beside it,
-``<stem>_gallery.png`` (injected | control | difference, Lupton RGB, sorted by arc SNR) and
-``<stem>_histograms.png``; with ``--compare`` both datasets side by side (``<stem>_gallery_b.png``)
-and a ``comparison`` section with the differences that matter highlighted. With ``--real`` (a stage-4
-cutouts dataset of real lenses) each dataset's report gets a ``realism`` section
-(:mod:`udfs.qa.realism`: the same measurements on a sample of its ok injected stamps and on the
-real lenses, KS/AD tests, a linear probe) and ``<stem>_realism.png`` (each real lens beside its
-nearest injections) and ``<stem>_realism_hist.png`` are written (``_b`` for ``--compare``). Exit code 0 (flags are
-printed), 1 with ``--strict`` when the dataset is flagged, 2 on bad input (message names the file/column).
+PATH: the stage-5 stamps dataset (local or s3://, ``split=`` folders). Spark reads one task per file with
+pyarrow (:func:`udfs.qa.report.read_task`): per-row checks, then a full outer join of injected and control
+rows on ``pair_id`` for flux accounting and the shortcut gates (:func:`udfs.qa.report.pairs_task`), assembled
+by :mod:`udfs.qa.report_sections`. Writes the JSON report and, beside it, ``<stem>_gallery.png`` (injected |
+control | difference, sorted by arc SNR) and ``<stem>_histograms.png``; ``--compare`` adds the second
+dataset (``_b``) and a ``comparison`` section. ``--real`` (stage-4 cutouts of real lenses) adds a
+``realism`` section (:mod:`udfs.qa.realism`: KS/AD tests and a linear probe, ok injections against the real
+lenses), ``<stem>_realism.png`` (each real lens beside its nearest injections) and ``_realism_hist.png``.
+Exit 0 (flags are printed), 1 with ``--strict`` when flagged, 2 on bad input (the message names the file).
 """
 from __future__ import annotations
 
@@ -34,6 +30,7 @@ from udfs.config.provenance import REPO_ROOT, code_version, config_hash
 from udfs.config.validation import load_config
 from udfs.io import storage
 from udfs.io.datasets import file_schema, list_dataset
+from udfs.io.publish import publishing
 from udfs.qa import plots, realism, realism_io
 from udfs.qa import report_sections as sections
 from udfs.qa.report import ERROR, FINITE_INJECTED, pair_ddl, pairs_task, read_task, row_ddl
@@ -330,14 +327,17 @@ def main(argv=None) -> int:
         annulus_mask(layout.npix, *cfg.gates.annulus_pix)
         if real is not None:
             realism_io.check_inputs(layout, real, cfg.realism)
-    spark = get_spark("validate_cosmos_injection")
-    results = [build_report(spark, uri, cfg) for uri in uris]
-    realism_pictures = []
-    for uri, (rep, _, _) in zip(uris if real is not None else [], results):
-        rep["realism"], pictures = realism_report(
-            spark, uri, rep["counts"]["injected"] - rep["counts"]["failed"]["injected"], real, cfg)
-        realism_pictures.append(pictures)
-    report = write_outputs(args, cfg, results, realism_pictures)
+    with publishing(args.output, job="jobs.validate_cosmos_injection", config_hash=config_hash(cfg.as_dict()),
+                    folder=False) as output:
+        spark = get_spark("validate_cosmos_injection")
+        results = [build_report(spark, uri, cfg) for uri in uris]
+        realism_pictures = []
+        for uri, (rep, _, _) in zip(uris if real is not None else [], results):
+            rep["realism"], pictures = realism_report(
+                spark, uri, rep["counts"]["injected"] - rep["counts"]["failed"]["injected"], real, cfg)
+            realism_pictures.append(pictures)
+        report = write_outputs(args, cfg, results, realism_pictures)
+        output.commit([])
     for line in sections.summary_lines(report, args.output):
         print(line)
     for name, (rep, _, _) in zip(("A", "B"), results if real is not None else []):

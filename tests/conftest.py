@@ -39,8 +39,12 @@ def s3_server():
 
     Spark's local-mode Python workers inherit the environment, so executors reach it too.
     """
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    # werkzeug would attach a handler to whatever sys.stderr a test's capture had at the first request
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

@@ -184,7 +184,7 @@ def test_killed_run_resumes_without_duplicates(stamps, inputs, tmp_path):
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, env=env)
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not dataset_files(str(out)):
+    while time.time() < deadline and proc.poll() is None and not list(out.rglob("*.parquet")):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -192,7 +192,7 @@ def test_killed_run_resumes_without_duplicates(stamps, inputs, tmp_path):
     # folder is quiet, then take what a crashed run left behind
     partial, quiet_since = None, time.time()
     while time.time() - quiet_since < 3:
-        now = files_bytes(out) if out.exists() else {}
+        now = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*.parquet")}
         if now != partial:
             partial, quiet_since = now, time.time()
         time.sleep(0.2)

@@ -19,10 +19,32 @@ class DatasetError(InputError):
 
 
 def dataset_files(uri: str) -> list[str]:
-    """All ``*.parquet`` files of a dataset, recursing into hive partitions, sorted. ``[]`` if none."""
+    """The ``*.parquet`` files of a dataset, recursing into hive partitions, sorted; ``[]`` if none.
+
+    A dataset this pipeline published lists its parts in ``_SUCCESS.json`` (:mod:`udfs.io.publish`):
+    exactly those are returned. One with a run lock (``_RUN.json``) is unfinished (being written, or
+    its run was killed) and is refused, unless this process holds the lock (a job reading back what
+    it wrote). A folder with neither (written elsewhere) is every Parquet file in it.
+    """
+    from udfs.io import output_lock, publish
+
     fs, path = storage.resolve(uri)
     info = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    files = sorted(i.path for i in info if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+    names = {i.path for i in info if i.type == pafs.FileType.File}
+    root = path.rstrip("/")
+    lock = storage.join(uri, output_lock.LOCK_FILE)
+    if f"{root}/{output_lock.LOCK_FILE}" in names and not output_lock.held_here(lock):
+        record = output_lock.read_record(lock) or {}
+        raise DatasetError(f"{uri}: unfinished dataset: {output_lock.describe(record)} is writing it or was "
+                           "killed; rerun that job to finish it")
+    if f"{root}/{publish.SUCCESS_FILE}" in names:
+        parts = publish.read_success(uri)["parts"]
+        missing = [p for p in parts if f"{root}/{p}" not in names]
+        if missing:
+            raise DatasetError(f"{uri}: {len(missing)} published part(s) are missing, e.g. {missing[0]}")
+        files = [f"{root}/{p}" for p in parts]
+    else:
+        files = sorted(n for n in names if n.endswith(".parquet"))
     return ["s3://" + f for f in files] if storage.is_s3(uri) else files
 
 

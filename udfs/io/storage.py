@@ -4,16 +4,27 @@
 One code path for laptops and EMR executors. S3 settings come from the standard AWS chain
 (environment, profile, instance role); ``AWS_ENDPOINT_URL`` points at another S3-API server
 (the tests use moto on loopback).
+
+S3 requests are retried by the AWS SDK's standard strategy (``S3_MAX_ATTEMPTS`` attempts per
+request, jittered exponential backoff): 5xx, 429/SlowDown, connection resets and truncated bodies
+(measured in ``tests/test_remote_faults.py``). An S3 write still failing after that raises
+:class:`~udfs.io.errors.RemoteError` naming the file (a job stops with that one line, exit 2).
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import posixpath
 import shutil
+import sys
 import uuid
 
 import pyarrow.fs as pafs
+
+from udfs.io.errors import RemoteError
+
+S3_MAX_ATTEMPTS = 5  # attempts per S3 request (the SDK's default is 3)
 
 
 def is_s3(uri: str) -> bool:
@@ -33,7 +44,7 @@ def _s3() -> pafs.S3FileSystem:
     region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
     if region:
         kw["region"] = region
-    return pafs.S3FileSystem(**kw)
+    return pafs.S3FileSystem(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS), **kw)
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -110,8 +121,16 @@ def write_bytes(uri: str, data: bytes) -> None:
             f.write(data)
         os.replace(tmp, path)
         return
-    with fs.open_output_stream(path) as f:
-        f.write(data)
+    _write_s3(uri, fs, path, lambda f: f.write(data))
+
+
+def delete(uri: str) -> None:
+    """Remove one file (no error if it is already gone)."""
+    fs, path = resolve(uri)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
 
 
 def put_file(local_path: str, uri: str) -> None:
@@ -119,12 +138,47 @@ def put_file(local_path: str, uri: str) -> None:
     upload, visible only once complete). ``local_path`` is left in place."""
     fs, path = resolve(uri)
     if is_s3(uri):
-        pafs.copy_files(local_path, path, destination_filesystem=fs)
+        def copy(out):
+            with open(local_path, "rb") as src:
+                shutil.copyfileobj(src, out, 8 << 20)
+
+        _write_s3(uri, fs, path, copy)
         return
     fs.create_dir(os.path.dirname(path), recursive=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     shutil.copyfile(local_path, tmp)
     os.replace(tmp, path)
+
+
+def _write_s3(uri: str, fs: pafs.FileSystem, path: str, write) -> None:
+    """One S3 object from ``write(stream)``; visible only once complete. A failure the SDK's
+    retries did not overcome raises :class:`RemoteError` naming ``uri``, in one line."""
+    stream = fs.open_output_stream(path)
+    failure = None
+    try:
+        write(stream)
+        stream.close()
+    except OSError as exc:
+        failure = " ".join(str(exc).split())
+    if failure is None:
+        return
+    with _stderr_silenced():  # arrow logs the same error again when it destroys the failed stream
+        del stream
+    raise RemoteError(f"{uri}: cannot write to S3 after {S3_MAX_ATTEMPTS} attempts ({failure})")
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """File descriptor 2 goes to /dev/null for the block (C++ logging bypasses sys.stderr)."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 def check_writable(uri: str, *, folder: bool) -> None:

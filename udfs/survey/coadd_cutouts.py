@@ -28,56 +28,20 @@ Good rows also carry the target's PSF per band (:mod:`udfs.survey.target_psf`: `
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 from astropy.wcs import WCS
 
-from udfs.config.checker import ConfigError
 from udfs.io import storage
 from udfs.io.range_reader import split_shared
-from udfs.survey.bands import COADD_BANDS, SURVEY_BANDS, check_bands
+from udfs.survey.bands import SURVEY_BANDS
 from udfs.survey.coadd_files import CoaddFile, RemoteReadError, brick_file
+from udfs.survey.cutout_config import CutoutConfig  # noqa: F401 - re-exported: the config of cut_brick
 from udfs.survey.noise_texture import brick_median_texture, cutout_texture, neighbour_correlation
-from udfs.survey.target_psf import BrickPSF, PSFConfig, source_method
+from udfs.survey.target_psf import BrickPSF, source_method
 
 WCS_KEYS = ("NAXIS1", "NAXIS2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1", "CD2_2")
-
-
-@dataclass(frozen=True)
-class CutoutConfig:
-    """The cutout settings (``jobs.make_cutouts`` flags); :meth:`validate` names the flag on error."""
-
-    stamp_size: int = 64          # pixels per side (--stamp-size)
-    bands: str = SURVEY_BANDS     # band order of the output arrays (--bands), letters of COADD_BANDS
-    min_good_frac: float = 0.5    # per band, fraction of pixels with finite image and invvar > 0
-    layout: str = "nested"        # "nested": coadd/<bri>/<brick>/..., "flat": files under base
-    require_maskbits: bool = True  # False: rows without a maskbits file keep maskbits = null
-    retries: int = 4              # extra attempts per failed remote read
-    backoff_s: float = 0.25       # first wait; doubles per attempt
-    psf: PSFConfig = PSFConfig()  # how each target's PSF is made (--psf-model, --ccds, ...)
-
-    def validate(self) -> "CutoutConfig":
-        """Return self; raise :class:`~udfs.config.checker.ConfigError` naming the flag of a bad value."""
-        if not isinstance(self.stamp_size, int) or not 4 <= self.stamp_size <= 1024:
-            raise ConfigError(f"--stamp-size: {self.stamp_size!r} is not an integer in [4, 1024]")
-        problem = check_bands(self.bands, COADD_BANDS)
-        if problem:
-            raise ConfigError(f"--bands: {problem}")
-        if not 0.0 <= self.min_good_frac <= 1.0:
-            raise ConfigError(f"--min-good-frac: {self.min_good_frac!r} is not in [0, 1]")
-        if self.layout not in ("nested", "flat"):
-            raise ConfigError(f"--layout: {self.layout!r} is not 'nested' or 'flat'")
-        if self.retries < 0:
-            raise ConfigError(f"--retries: {self.retries!r} must be >= 0")
-        if self.backoff_s < 0:
-            raise ConfigError(f"backoff_s: {self.backoff_s!r} must be >= 0")
-        self.psf.validate()
-        return self
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def stamp_origin(x: float, n: int) -> tuple[int, float]:
@@ -108,7 +72,7 @@ def cut_brick(base: str, brick: str, targets: pd.DataFrame, cfg: CutoutConfig) -
         label = kind + (f"-{band}" if band else "")
         if label not in files:
             files[label] = CoaddFile(brick_file(base, brick, kind, band, cfg.layout), label,
-                                     cfg.retries, cfg.backoff_s)
+                                     cfg.retry_policy(), cfg.max_remote_requests)
         return files[label]
 
     rows, claims = [], []

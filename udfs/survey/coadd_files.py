@@ -17,12 +17,13 @@ astropy's reads of them are served from memory.
 
 Every byte is counted by :class:`CountingFile`, and every range a reader asked for is recorded as
 its claim (:meth:`CoaddFile.take_claims`), so a group's fetched bytes can be split among the stamps
-that used them (:func:`udfs.io.range_reader.split_shared`). Remote read errors are retried with
-exponential backoff (bounded), then raised as :class:`RemoteReadError`.
+that used them (:func:`udfs.io.range_reader.split_shared`). Failed reads are retried by the one
+policy of remote I/O (:class:`udfs.io.retry.RetryPolicy`: bounded, jittered exponential backoff,
+honouring Retry-After; missing files and ignored Ranges are never retried), then raised as
+:class:`RemoteReadError`. Each remote request (HEAD, range GET, S3 open or read) holds one of the
+machine's ``max_requests`` slots (:func:`udfs.io.request_slots.remote_slot`) while it runs.
 """
 from __future__ import annotations
-
-import time
 
 import numpy as np
 from astropy.io import fits
@@ -30,7 +31,9 @@ from astropy.io import fits
 from udfs.io import storage
 from udfs.io.http_range import HTTPRangeFile, http_size
 from udfs.io.range_reader import RangeCache, RangeReader, merge_ranges
-from udfs.io.storage import is_http
+from udfs.io.request_slots import remote_slot
+from udfs.io.retry import RetryPolicy, TransientError
+from udfs.io.storage import is_http, is_s3
 
 
 def brick_file(base: str, brick: str, kind: str, band: str | None = None, layout: str = "nested",
@@ -56,6 +59,11 @@ def _file_size(uri: str) -> int:
     return storage.size(uri)
 
 
+def _slots(uri: str, max_requests: int | None) -> int | None:
+    """The request limit that applies to ``uri``: remote files only."""
+    return max_requests if is_http(uri) or is_s3(uri) else None
+
+
 def _open_raw(uri: str, size: int):
     return HTTPRangeFile(uri, size) if is_http(uri) else storage.open_input(uri)
 
@@ -66,18 +74,24 @@ class CountingFile(RangeReader):
     Each byte is fetched at most once (kept in a :class:`~udfs.io.range_reader.RangeCache` until
     :meth:`close`); ``bytes_read`` / ``n_reads`` count what was fetched and in how many requests.
     ``claims`` lists the ``[start, end)`` ranges asked for (read or prefetched, cached or not) since
-    the last :meth:`take_claims`; they cover every byte fetched. A failed fetch is retried
-    ``retries`` times with exponential backoff, reopening the file.
+    the last :meth:`take_claims`; they cover every byte fetched. A failed fetch is retried by
+    ``policy`` on a reopened file; each request holds one of ``max_requests`` machine-wide slots.
     """
 
-    def __init__(self, uri: str, size: int, retries: int = 0, backoff_s: float = 0.0):
+    def __init__(self, uri: str, size: int, policy: RetryPolicy = RetryPolicy(retries=0),
+                 max_requests: int | None = None):
         super().__init__(size)
-        self.uri, self.retries, self.backoff_s = uri, retries, backoff_s
+        self.uri, self.policy, self.max_requests = uri, policy, _slots(uri, max_requests)
         self.bytes_read = 0
         self.n_reads = 0
         self.claims: list[tuple[int, int]] = []
         self._cache = RangeCache()
-        self._raw = _open_raw(uri, size)
+        self._raw = None
+        self._raw = policy.call(self._open)
+
+    def _open(self):
+        with remote_slot(self.max_requests):
+            return _open_raw(self.uri, self.size)
 
     def take_claims(self) -> list[tuple[int, int]]:
         """The ranges asked for since the last call (and forget them)."""
@@ -103,32 +117,36 @@ class CountingFile(RangeReader):
             self.claims.append((a, b))  # fetched: claimed even if a later gap fails
 
     def _fetch(self, pos: int, n: int) -> bytes:
-        for attempt in range(self.retries + 1):
-            try:
+        def attempt() -> bytes:
+            if self._raw is None:
+                self._raw = self._open()
+            with remote_slot(self.max_requests):
                 self._raw.seek(pos)
                 data = self._raw.read(n)
-                if len(data) != n:
-                    raise OSError(f"short read: {len(data)} of {n} bytes at {pos}")
-                break
-            except (OSError, ValueError) as exc:
-                if attempt == self.retries:
-                    raise RemoteReadError(f"{self.uri}: {exc} (after {attempt + 1} attempts)") from exc
-                time.sleep(self.backoff_s * 2 ** attempt)
-                try:
-                    self._raw.close()
-                except Exception:  # noqa: BLE001 - the handle is being replaced anyway
-                    pass
-                try:
-                    self._raw = _open_raw(self.uri, self.size)
-                except OSError:
-                    pass  # next attempt fails on the stale handle and backs off again
+            if len(data) != n:
+                raise TransientError(f"short read: {len(data)} of {n} bytes at {pos}")
+            return data
+
+        try:
+            data = self.policy.call(attempt, reset=self._drop_handle)
+        except OSError as exc:
+            raise RemoteReadError(f"{self.uri}: {exc} (after {getattr(exc, 'attempts', 1)} attempts)") from exc
         self.bytes_read += n
         self.n_reads += 1
         return data
 
+    def _drop_handle(self) -> None:
+        """Close a handle that failed; the next attempt reopens the file."""
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            try:
+                raw.close()
+            except Exception:  # noqa: BLE001 - the handle is being replaced anyway
+                pass
+
     def close(self) -> None:
         try:
-            self._raw.close()
+            self._drop_handle()
         finally:
             super().close()
 
@@ -139,9 +157,9 @@ class CoaddFile:
     The bytes read on opening (headers, and for a tile-compressed image its tile table) are claimed
     again by every later :meth:`open`, so all users of the file share them."""
 
-    def __init__(self, uri: str, label: str, retries: int, backoff_s: float):
+    def __init__(self, uri: str, label: str, policy: RetryPolicy, max_requests: int | None = None):
         self.uri, self.label = uri, label
-        self.retries, self.backoff_s = retries, backoff_s
+        self.policy, self.max_requests = policy, _slots(uri, max_requests)
         self.size = 0
         self.error: str | None = None
         self.hdu = None
@@ -173,15 +191,22 @@ class CoaddFile:
             self._file.claims.extend(self._open_claims)
         return self.error
 
+    def _head(self) -> int:
+        with remote_slot(self.max_requests):
+            return _file_size(self.uri)
+
     def _open_first(self) -> str | None:
         try:
-            self.size = _with_retries(lambda: _file_size(self.uri), self.retries, self.backoff_s)
+            self.size = self.policy.call(self._head)
         except FileNotFoundError:
             return "missing"
         except OSError:
             return "read_error"
         try:
-            self._file = CountingFile(self.uri, self.size, self.retries, self.backoff_s)
+            try:
+                self._file = CountingFile(self.uri, self.size, self.policy, self.max_requests)
+            except OSError as exc:
+                raise RemoteReadError(f"{self.uri}: {exc}") from exc
             self._hdul = fits.open(self._file, lazy_load_hdus=True, memmap=False)
             for hdu in self._hdul:
                 if hdu.is_image and hdu.header.get("NAXIS") == 2:
@@ -279,15 +304,3 @@ class _TileTable:
             out.append((self.heap + start, self.heap + start + length * self.itemsize[name]))
         return out
 
-
-def _with_retries(fn, retries: int, backoff_s: float):
-    """``fn()``, retried on OSError (not on FileNotFoundError) with exponential backoff."""
-    for attempt in range(retries + 1):
-        try:
-            return fn()
-        except FileNotFoundError:
-            raise
-        except OSError:
-            if attempt == retries:
-                raise
-            time.sleep(backoff_s * 2 ** attempt)
