@@ -66,6 +66,7 @@ def main(argv=None) -> int:
 
     from jobs.spark import get_spark, write_json
     from udfs.io.parquet_files import parquet_bytes
+    from udfs.io.publish import publishing
 
     args = parse_args(argv)
     storage.check_writable(args.output, folder=True)  # before any input is read
@@ -92,15 +93,18 @@ def main(argv=None) -> int:
     summary = completeness_summary(table, matched, np.array([r["score"] for r in inj.select("score").collect()]),
                                    np.array([r["score"] for r in ctl.collect()]), cfg)
 
-    parquet = storage.join(args.output, "completeness.parquet")
-    storage.write_bytes(parquet, parquet_bytes(pa.Table.from_pandas(table, preserve_index=False)))
-    pngs = []
-    for name, png in heatmap_pngs(table, cfg.bins, cfg.heatmap, cfg.thresholds):
-        pngs.append(storage.join(args.output, name))
-        storage.write_bytes(pngs[-1], png)
-    summary.update(stamps=args.stamps, scores=args.scores, outputs={"parquet": parquet, "heatmaps": pngs},
-                   provenance={"code_version": code_version(), "config_hash": config_hash(full_cfg.as_dict())})
-    write_json(storage.join(args.output, "completeness.json"), summary)
+    chash = config_hash(full_cfg.as_dict())
+    with publishing(args.output, job="jobs.completeness", config_hash=chash) as output:
+        parquet = storage.join(args.output, "completeness.parquet")
+        storage.write_bytes(parquet, parquet_bytes(pa.Table.from_pandas(table, preserve_index=False)))
+        pngs = []
+        for name, png in heatmap_pngs(table, cfg.bins, cfg.heatmap, cfg.thresholds):
+            pngs.append(storage.join(args.output, name))
+            storage.write_bytes(pngs[-1], png)
+        summary.update(stamps=args.stamps, scores=args.scores, outputs={"parquet": parquet, "heatmaps": pngs},
+                       provenance={"code_version": code_version(), "config_hash": chash})
+        write_json(storage.join(args.output, "completeness.json"), summary)
+        output.commit([parquet])
     parts = ", ".join(f"{o['completeness']:.3f} at >= {o['threshold']:g}" for o in summary["overall"] if o["n"])
     print(f"completeness: {matched['injected_ok']} scored injected stamps, {parts}; "
           f"{matched['injected_ok_without_score']} without a score -> {args.output}")

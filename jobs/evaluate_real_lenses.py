@@ -53,6 +53,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     from jobs.spark import write_json
     from udfs.io.parquet_files import parquet_bytes
+    from udfs.io.publish import publishing
     from udfs.qa import plots
 
     args = parse_args(argv)
@@ -72,18 +73,20 @@ def main(argv=None) -> int:
                            args.radius, cutouts, args.anchors)
     report = real_lens_report(anchors, scores, checks, cfg)
     summary = report["summary"]
+    chash = config_hash(full_cfg.as_dict())
     summary.update(anchors=args.anchors, scores=args.scores, cutouts=args.cutouts,
-                   provenance={"code_version": code_version(), "config_hash": config_hash(full_cfg.as_dict())})
+                   provenance={"code_version": code_version(), "config_hash": chash})
     summary["position_check"].update(radius_arcsec=args.radius, lenscat=version)
-
-    storage.write_bytes(storage.join(args.output, "recall_by_group.parquet"),
-                        parquet_bytes(pa.Table.from_pandas(pd.DataFrame(report["rows"]), preserve_index=False)))
-    storage.write_bytes(storage.join(args.output, "anchor_checks.parquet"),
-                        parquet_bytes(pa.Table.from_pandas(checks, preserve_index=False)))
-    storage.write_bytes(storage.join(args.output, "score_distributions.png"), plots.score_distributions(
-        {"anchors": report["pos"], "negatives": report["neg"]}, threshold_lines(summary["recall"]),
-        cfg.histogram_bins, "scores of real lenses and hard negatives"))
-    write_json(storage.join(args.output, "recall.json"), summary)
+    with publishing(args.output, job="jobs.evaluate_real_lenses", config_hash=chash) as output:
+        tables = [storage.join(args.output, f) for f in ("recall_by_group.parquet", "anchor_checks.parquet")]
+        storage.write_bytes(tables[0], parquet_bytes(pa.Table.from_pandas(pd.DataFrame(report["rows"]),
+                                                                          preserve_index=False)))
+        storage.write_bytes(tables[1], parquet_bytes(pa.Table.from_pandas(checks, preserve_index=False)))
+        storage.write_bytes(storage.join(args.output, "score_distributions.png"), plots.score_distributions(
+            {"anchors": report["pos"], "negatives": report["neg"]}, threshold_lines(summary["recall"]),
+            cfg.histogram_bins, "scores of real lenses and hard negatives"))
+        write_json(storage.join(args.output, "recall.json"), summary)
+        output.commit(tables)
     print("\n".join(summary_lines(summary, args.output)))
     return 1 if (args.strict and summary["position_check"]["failures"]) else 0
 

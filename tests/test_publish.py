@@ -22,6 +22,7 @@ from udfs.config.provenance import REPO_ROOT
 from udfs.io import output_lock, publish, storage
 from udfs.io.datasets import DatasetError, dataset_files
 from udfs.io.output_lock import LockError, OutputLock
+from udfs.stamps.training_reader import StampBatches
 
 HOLD = """
 import sys, time
@@ -120,6 +121,8 @@ def test_an_error_leaves_the_output_unfinished_and_another_config_is_refused(roo
     assert record["state"] == "failed"
     with pytest.raises(DatasetError, match="unfinished dataset: jobs.t .config h1."):
         dataset_files(root)
+    with pytest.raises(DatasetError, match="unfinished dataset"):  # the training loop's reader too
+        StampBatches(root, "train")
     # another config may not finish it, and the record of the unfinished run is kept as it was
     with pytest.raises(LockError, match=f"{root}: holds an unfinished output of jobs.t with config h1, "
                                         "not of jobs.t with config h2; choose another --output or delete it"):

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from udfs.io import storage
-from udfs.io.datasets import DatasetError, dataset_files
+from udfs.io.datasets import DatasetError, dataset_files, partition_values
 from udfs.stamps.pixels import stamp_layout
 
 DEFAULT_TRUTH = ("task_id", "pair_id", "theta_e", "src_mag_r", "magnification", "arc_snr_r")
@@ -47,7 +47,7 @@ class StampBatches:
                  shuffle_buffer: int = 0, seed: int = 0):
         if batch_size < 1:
             raise ValueError(f"batch_size {batch_size} must be >= 1")
-        self.files = dataset_files(storage.join(uri, f"split={split}"))
+        self.files = [f for f in dataset_files(uri) if partition_values(uri, f).get("split") == split]
         if not self.files:
             raise DatasetError(f"{uri}: no stamps files for split {split!r} (expected split={split}/part-*.parquet)")
         first = pq.read_schema(storage.open_input(self.files[0]))
