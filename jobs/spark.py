@@ -19,7 +19,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from udfs.io import parquet_files, storage
-from udfs.io.datasets import DatasetError, check_readable, dataset_files, file_schema, partition_values
+from udfs.io.datasets import (DatasetError, check_readable, dataset_files, file_schema, partition_values,
+                               read_table)
 
 BUCKET_COL = "_bucket"
 
@@ -140,7 +141,7 @@ def read_parquet(spark: SparkSession, uri: str) -> DataFrame:
     def read(batches):
         for batch in batches:
             for path in batch["path"]:
-                table = pq.read_table(storage.open_input(path))
+                table = read_table(path)
                 table = table.cast(_spark_compatible(table.schema))
                 df = table.to_pandas()
                 for k, v in partition_values(uri, path).items():

@@ -225,3 +225,29 @@ def test_s3_put_faults_are_retried_and_a_lasting_one_stops_the_job(s3_server, s3
     assert len(lines) == 1 and f"{s3_bucket}/broken/part-" in lines[0] and "cannot write to S3" in lines[0], err
     assert "Traceback" not in err
     assert len(proxy.outcomes("503", "PUT", "/broken/part-")) >= storage.S3_MAX_ATTEMPTS
+
+
+def test_s3_get_faults_on_coadds_are_retried_to_the_same_dataset(s3_server, s3_bucket, targets, data_root, tmp_path):
+    """Stage 4 reading its coadds from S3 through the proxy, which fails reads of the image files
+    (503, 429, reset, truncated body), gives the files of a run reading the same objects directly."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_server)
+    bucket = s3_bucket[len("s3://"):]
+    for brick, (folder, _) in BRICKS.items():
+        for kind in ("image", "invvar"):
+            client.upload_file(str(data_root / "legacysurvey" / folder / f"legacysurvey-{brick}-{kind}-z.fits.fz"),
+                               bucket, "coadds" + _path(brick, kind))
+    base = f"{s3_bucket}/coadds"
+    with FaultServer(upstream=s3_server) as proxy:
+        for kind in ("503", "429", "reset", "truncate"):
+            proxy.add(kind, "/coadds/coadd/", method="GET")
+        jobs = [_s3_job(targets, base, str(tmp_path / name), endpoint)
+                for name, endpoint in (("faulty", proxy.url), ("direct", s3_server))]
+        errs = [job.communicate(timeout=300)[1] for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], errs[0][-3000:] + errs[1][-3000:]
+    assert {k: len(proxy.outcomes(k, "GET", "/coadds/coadd/")) for k in ("503", "429", "reset", "truncate")} == \
+        {"503": 1, "429": 1, "reset": 1, "truncate": 1}
+    faulty, direct = _files(str(tmp_path / "faulty")), _files(str(tmp_path / "direct"))
+    assert faulty == direct and len(faulty) == 2
+    assert _summary(str(tmp_path / "faulty"))["n_ok"] == _summary(str(tmp_path / "direct"))["n_ok"] > 0

@@ -82,6 +82,17 @@ def file_schema(path: str) -> pa.Schema:
             raise DatasetError(f"{path}: not a readable Parquet file ({exc})") from exc
 
 
+def read_table(path: str, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file as a table; :class:`DatasetError` naming the file when its data cannot be
+    read or decoded (pages corrupt behind a sound footer, a read that fails): in a Spark task, the
+    job then stops with that one line (:func:`jobs.cli.task_input_error`)."""
+    with storage.open_input(path) as f:
+        try:
+            return pq.read_table(f, columns=columns)
+        except (pa.ArrowException, OSError) as exc:
+            raise DatasetError(f"{path}: cannot read its Parquet data ({' '.join(str(exc).split())})") from exc
+
+
 def check_readable(files: list[str]) -> None:
     """Every file's footer can be read (one small read each): a truncated or corrupt part is a
     :class:`DatasetError` naming it here, on the driver, not an error inside a Spark task."""

@@ -78,7 +78,10 @@ def read_stamp_rows(root: str, path: str, layout: StampLayout, open_input, *,
         missing = [c for c in REQUIRED if c not in names]
         if missing:
             raise StampInputError(f"{path}: missing column(s) {', '.join(missing)}")
-        table = pf.read(columns=[c for c in SCALARS if c in names] + PIXELS)
+        try:
+            table = pf.read(columns=[c for c in SCALARS if c in names] + PIXELS)
+        except (pa.ArrowException, OSError) as exc:
+            raise StampInputError(f"{path}: cannot read its Parquet data ({' '.join(str(exc).split())})") from exc
     df = table.drop_columns(PIXELS).to_pandas()
     for c in SCALARS:
         if c not in df:

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from udfs.io import parquet_files, storage
-from udfs.io.datasets import DatasetError, check_readable, dataset_files, file_schema
+from udfs.io.datasets import DatasetError, check_readable, dataset_files, file_schema, read_table
 from udfs.schemas import cutouts
 
 BATCH_ROWS = 256
@@ -61,8 +60,7 @@ def colocated_buckets(manifest_uri: str, cutouts_uri: str) -> dict[int, tuple[st
 
 
 def _read(path: str, columns: list[str] | None = None) -> pa.Table:
-    with storage.open_input(path) as f:
-        return pq.read_table(f, columns=columns)
+    return read_table(path, columns)
 
 
 def _with_cutouts(tasks: pa.Table, cut: pa.Table, row_of: dict[str, int]) -> pd.DataFrame:
