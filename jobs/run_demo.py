@@ -18,7 +18,8 @@
 Outputs under ``--output``: ``targets/`` (the LRGs), ``hosts/`` (LRGs and lens hosts: what stages 3-4
 read), ``lens_hosts-tractor.fits``, ``bank.h5``, ``manifest/``, ``sky/``, ``cutouts/``,
 ``stamps/`` (the training Parquet dataset), ``validation/``, ``gallery.png`` and ``summary.json``.
-Stages whose output exists are rerun (each is deterministic, so the bytes are the same).
+Stages whose output exists are rerun (each is deterministic, so the bytes are the same); a finished
+demo of other code (its ``summary.json`` names another code version) is removed first.
 """
 from __future__ import annotations
 
@@ -66,6 +67,19 @@ def _summary(out: Path, gallery: list[Path], wall_s: float) -> dict:
     return summary
 
 
+def _clear_other_code(out: Path) -> None:
+    """Start afresh where ``out`` holds a finished demo of other code: its stages' outputs carry the
+    code version in their rows, so stage 3 would rightly refuse its manifest folder as one of other
+    targets. A folder without the demo's ``summary.json`` is left alone."""
+    previous = out / "summary.json"
+    if not previous.is_file():
+        return
+    version = json.loads(previous.read_text()).get("code_version")
+    if version is not None and version != code_version():
+        print(f"{out}: holds the demo of code {version}; starting it afresh for {code_version()}")
+        shutil.rmtree(out)
+
+
 @job_main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="jobs.run_demo", description=__doc__.split("\n")[0])
@@ -84,6 +98,7 @@ def main(argv=None) -> int:
     data = data_root()
     ls = data / "legacysurvey"
     out = Path(args.output).resolve()
+    _clear_other_code(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     get_spark("lensinj-demo")  # one local session shared by every stage
