@@ -125,8 +125,7 @@ def read_columns(uri: str, what: str, columns: list[str], *, allow_file: bool = 
     for f in list_dataset(uri, what, allow_file=allow_file):
         parts, schema = partition_values(uri, f), file_schema(f)
         check_columns(f, schema, columns, parts)
-        with storage.open_input(f) as fh:
-            t = pq.read_table(fh, columns=[c for c in columns if c in schema.names])
+        t = read_table(f, [c for c in columns if c in schema.names])
         for k, v in parts.items():
             if k in columns and k not in t.column_names:
                 t = t.append_column(k, pa.array([v] * len(t), pa.string()))

@@ -42,6 +42,10 @@ def lock_uri(output: str, *, folder: bool) -> str:
     return storage.join(output, LOCK_FILE) if folder else f"{str(output).rstrip('/')}.run.json"
 
 
+def _dump(record: dict) -> bytes:
+    return json.dumps(record, sort_keys=True).encode()
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -133,7 +137,7 @@ class OutputLock:
         self._write_local()
 
     def _write_local(self) -> None:
-        data = json.dumps(self.record, sort_keys=True).encode()
+        data = _dump(self.record)
         os.lseek(self._fd, 0, os.SEEK_SET)
         os.ftruncate(self._fd, 0)
         os.write(self._fd, data)
@@ -142,8 +146,7 @@ class OutputLock:
     def _s3_client(self):
         import boto3
 
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        return boto3.client("s3", endpoint_url=endpoint)
+        return boto3.client("s3", endpoint_url=storage.s3_endpoint())
 
     def _s3_key(self) -> tuple[str, str]:
         bucket, _, key = self.uri[len("s3://"):].partition("/")
@@ -155,8 +158,7 @@ class OutputLock:
         client, (bucket, key) = self._s3_client(), self._s3_key()
         for _ in range(2):
             try:
-                client.put_object(Bucket=bucket, Key=key, Body=json.dumps(self.record, sort_keys=True).encode(),
-                                  IfNoneMatch="*")
+                client.put_object(Bucket=bucket, Key=key, Body=_dump(self.record), IfNoneMatch="*")
                 return
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict"):
@@ -174,7 +176,7 @@ class OutputLock:
             if held is None or held.get("token") != self.record["token"]:
                 return  # taken over: release() will say so
             self.record["heartbeat"] = _now()
-            storage.write_bytes(self.uri, json.dumps(self.record, sort_keys=True).encode())
+            storage.write_bytes(self.uri, _dump(self.record))
 
     def check_held(self) -> None:
         """:class:`LockError` if another run has taken the lock over (S3: our heartbeat stopped)."""
@@ -186,41 +188,29 @@ class OutputLock:
 
     def abandon(self) -> None:
         """Give the lock back as it was found: the record taken over restored, else the lock removed."""
-        self._stop.set()
-        _HELD.discard(self.uri)
-        if self._fd is not None:
-            if self.previous is None:
-                os.unlink(storage.resolve(self.uri)[1])
-            else:
-                self.record = self.previous
-                self._write_local()
-            os.close(self._fd)
-            self._fd = None
-            return
-        held = read_record(self.uri)
-        if held is not None and held.get("token") == self.record["token"]:
-            if self.previous is None:
-                storage.delete(self.uri)
-            else:
-                storage.write_bytes(self.uri, json.dumps(self.previous, sort_keys=True).encode())
+        self._let_go(self.previous)
 
     def release(self, *, failed: bool = False) -> None:
         """Remove the lock (the run finished), or keep it marked ``failed`` (the output is unfinished)."""
+        self._let_go({**self.record, "state": "failed"} if failed else None)
+
+    def _let_go(self, record: dict | None) -> None:
+        """Stop holding the lock, leaving ``record`` as its content (None: the lock removed). On S3
+        nothing is touched if another run has taken the lock over."""
         self._stop.set()
         _HELD.discard(self.uri)
-        if failed:
-            self.record["state"] = "failed"
         if self._fd is not None:
-            if failed:
-                self._write_local()
-            else:
+            if record is None:
                 os.unlink(storage.resolve(self.uri)[1])
+            else:
+                self.record = record
+                self._write_local()
             os.close(self._fd)  # drops the flock
             self._fd = None
             return
         held = read_record(self.uri)
         if held is not None and held.get("token") == self.record["token"]:
-            if failed:
-                storage.write_bytes(self.uri, json.dumps(self.record, sort_keys=True).encode())
-            else:
+            if record is None:
                 storage.delete(self.uri)
+            else:
+                storage.write_bytes(self.uri, _dump(record))

@@ -46,7 +46,7 @@ def _owner_error(output: str, job: str, config_hash: str, record: dict, what: st
 class Publication:
     """What a job does with its output between taking the lock and releasing it."""
 
-    def __init__(self, output: str, lock: OutputLock | None, folder: bool):
+    def __init__(self, output: str, lock: OutputLock, folder: bool):
         self.output, self.lock, self.folder = output, lock, folder
         self.committed = False
 
@@ -54,8 +54,7 @@ class Publication:
         """Publish a folder output whose data files are ``parts`` (URIs under the output): clear
         temporary files killed writers left, then write ``_SUCCESS.json``. A one-file output (written
         atomically by :func:`udfs.io.storage.write_bytes`/``put_file``) takes ``parts=[]``."""
-        if self.lock is not None:
-            self.lock.check_held()
+        self.lock.check_held()
         if self.folder:
             root = str(self.output).rstrip("/")
             rel = sorted(_relative(root, p) for p in parts)
@@ -116,7 +115,8 @@ def publishing(output: str, *, job: str, config_hash: str, folder: bool = True):
         if _listing(output, folder) == before:  # the output is as it was (a one-file output always is)
             lock.abandon()
             if created:
-                storage.resolve(output)[0].delete_dir(storage.resolve(output)[1])
+                fs, path = storage.resolve(output)
+                fs.delete_dir(path)
         else:
             lock.release(failed=True)
         raise

@@ -22,7 +22,7 @@ import uuid
 
 import pyarrow.fs as pafs
 
-from udfs.io.errors import RemoteError
+from udfs.io.errors import InputError, RemoteError
 
 S3_MAX_ATTEMPTS = 5  # attempts per S3 request (the SDK's default is 3)
 
@@ -35,9 +35,14 @@ def is_http(uri: str) -> bool:
     return str(uri).startswith(("http://", "https://"))
 
 
+def s3_endpoint() -> str | None:
+    """The S3-API server to use instead of AWS's (``$AWS_ENDPOINT_URL_S3``, else ``$AWS_ENDPOINT_URL``)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
 def _s3() -> pafs.S3FileSystem:
     kw = {}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = s3_endpoint()
     if endpoint:
         scheme, _, host = endpoint.partition("://")
         kw.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
@@ -187,8 +192,6 @@ def check_writable(uri: str, *, folder: bool) -> None:
     and its nearest existing parent is a writable folder. S3: the bucket exists and a probe object
     can be written under the output and deleted. Raises :class:`~udfs.io.errors.InputError` naming
     the output and the problem."""
-    from udfs.io.errors import InputError
-
     if is_http(uri):
         raise InputError(f"{uri}: outputs cannot be written over HTTP(S)")
     fs, path = resolve(uri)

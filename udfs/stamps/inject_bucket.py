@@ -59,10 +59,6 @@ def colocated_buckets(manifest_uri: str, cutouts_uri: str) -> dict[int, tuple[st
     return {b: (m_files[b], c_files.get(b)) for b in sorted(m_files)}
 
 
-def _read(path: str, columns: list[str] | None = None) -> pa.Table:
-    return read_table(path, columns)
-
-
 def _with_cutouts(tasks: pa.Table, cut: pa.Table, row_of: dict[str, int]) -> pd.DataFrame:
     """The manifest rows with their cutout's columns (``ok``/``fail_reason`` as ``cutout_ok``/
     ``cutout_fail_reason``; a target without a cutout row: not ok, reason ``missing``)."""
@@ -120,12 +116,12 @@ def inject_bucket(bucket: int, manifest_file: str, cutouts_file: str | None, out
     files' Arrow schema (no ``split``). ``cutouts_schema``: the cutouts files' (read when bucket
     ``bucket`` has no cutouts file, every task then failing as ``missing``).
     """
-    tasks = _read(manifest_file)
+    tasks = read_table(manifest_file)
     out = _SplitFiles(output, bucket, file_schema_)
     splits = sorted(set(tasks.column("split").to_pylist()))
     if skip_existing and all(storage.exists(out.path(s)) for s in splits):
         return [{"path": out.path(s), "rows": -1, "status": "skipped"} for s in splits]
-    cut = (_read(cutouts_file, cutouts.READER_COLUMNS) if cutouts_file is not None
+    cut = (read_table(cutouts_file, cutouts.READER_COLUMNS) if cutouts_file is not None
            else cutouts_schema.empty_table().select(cutouts.READER_COLUMNS))
     row_of = {str(t): i for i, t in enumerate(cut.column("target_id").to_pylist())}
     try:

@@ -203,10 +203,10 @@ class CoaddFile:
         except OSError:
             return "read_error"
         try:
-            try:
-                self._file = CountingFile(self.uri, self.size, self.policy, self.max_requests)
-            except OSError as exc:
-                raise RemoteReadError(f"{self.uri}: {exc}") from exc
+            self._file = CountingFile(self.uri, self.size, self.policy, self.max_requests)
+        except OSError:
+            return "read_error"
+        try:
             self._hdul = fits.open(self._file, lazy_load_hdus=True, memmap=False)
             for hdu in self._hdul:
                 if hdu.is_image and hdu.header.get("NAXIS") == 2:
