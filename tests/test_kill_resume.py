@@ -12,11 +12,10 @@ kill lands between tasks), and is killed part-way in one of two ways:
 
 References are the uninterrupted outputs of the same inputs and code version. JSON summaries name
 their own output folder, and say which files a resumed run kept: compared with the folder replaced by
-``<OUT>`` and without those counts (``RUN_STATUS``).
+``<output>`` and without those counts (``RUN_STATUS``).
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -28,6 +27,7 @@ import pytest
 
 from jobs import inject_stamps, validate_cosmos_injection
 from tests.conftest import BANK_ARGS
+from tests.output_trees import output_tree
 from udfs.config.provenance import REPO_ROOT, code_version
 from udfs.io import publish
 from udfs.io.datasets import DatasetError, dataset_files
@@ -37,27 +37,6 @@ CONF = REPO_ROOT / "conf"
 
 
 RUN_STATUS = ("status", "files_written", "files_kept")  # what a run did (wrote or kept a file), not its data
-
-
-def _without_run_status(obj):
-    if isinstance(obj, dict):
-        return {k: _without_run_status(v) for k, v in obj.items() if k not in RUN_STATUS}
-    if isinstance(obj, list):
-        return [_without_run_status(v) for v in obj]
-    return obj
-
-
-def _tree(out: Path) -> dict[str, bytes]:
-    """Every file of an output: a folder's files, or a one-file output with the files beside it (stage
-    6's pictures); JSON with the folder written as ``<OUT>``."""
-    root = out if out.is_dir() else out.parent
-    tree = {}
-    for p in sorted(p for p in root.rglob("*") if p.is_file()):
-        data = p.read_bytes()
-        if p.suffix == ".json":
-            data = json.dumps(_without_run_status(json.loads(data.replace(str(root).encode(), b"<OUT>"))))
-        tree[str(p.relative_to(root))] = data
-    return tree
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +143,7 @@ def test_a_killed_run_then_a_rerun_gives_the_reference(stages, stage, tmp_path):
     stdout, stderr = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, stderr[-3000:]
     assert "taking over from an unfinished run" in stdout
-    assert _tree(out) == _tree(ref)
+    assert output_tree(out, drop_anywhere=RUN_STATUS) == output_tree(ref, drop_anywhere=RUN_STATUS)
 
 
 @pytest.mark.parametrize("stage", ["1", "2", "3", "4", "5", "6"])
@@ -178,4 +157,4 @@ def test_a_killed_python_worker_costs_its_task_not_the_run(stages, stage, tmp_pa
         os.kill(pid, signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=600)
     assert killed and proc.returncode == 0, stderr[-3000:]
-    assert _tree(out) == _tree(ref)
+    assert output_tree(out, drop_anywhere=RUN_STATUS) == output_tree(ref, drop_anywhere=RUN_STATUS)

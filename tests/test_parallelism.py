@@ -32,11 +32,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.output_trees import output_tree
 from udfs.config.provenance import REPO_ROOT
 from udfs.io.datasets import dataset_files
 
 CONF = REPO_ROOT / "conf"
-OUT = "<output>"
 
 JOBS = {"select_lrgs": "jobs.select_lrgs", "build_manifest": "jobs.build_manifest",
         "make_cutouts": "jobs.make_cutouts", "inject_stamps": "jobs.inject_stamps"}
@@ -154,32 +154,6 @@ def rewrite_targets(src: str, dst: Path) -> int:
     return len(parts)
 
 
-def normalised_json(data: bytes, root: Path, drop: tuple[str, ...]) -> bytes:
-    """A JSON file with the run's own output location replaced by ``<output>`` (summaries record
-    where they were written: ``output``, ``location``, ``files``) and the keys ``drop`` removed
-    (each must be there)."""
-    text = data.decode().replace(str(root), OUT)
-    if not drop:
-        return text.encode()
-    obj = json.loads(text)
-    for key in drop:
-        assert key in obj, key
-        del obj[key]
-    return json.dumps(obj, indent=2, sort_keys=True).encode()
-
-
-def output_files(root: Path, drop: dict[str, tuple[str, ...]] | None = None) -> dict[str, bytes]:
-    """Every file under ``root`` as ``{relative path: bytes}``; JSON files :func:`normalised_json`,
-    with ``drop[file name]`` removed."""
-    drop, out = drop or {}, {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            rel = p.relative_to(root).as_posix()
-            out[rel] = normalised_json(p.read_bytes(), root, drop.get(p.name, ())) if p.suffix == ".json" \
-                else p.read_bytes()
-    return out
-
-
 STAGE_DIRS = {"select_lrgs": "targets", "build_manifest": "manifest", "make_cutouts": "cutouts",
               "inject_stamps": "stamps"}
 # what each stage's summary records about its input, legitimately different when the input is given
@@ -265,7 +239,7 @@ def test_the_runs_really_differ(runs):
 def test_outputs_are_byte_identical(runs, stage, variant):
     ref_root, root = runs["reference"]["dirs"][stage], runs[variant]["dirs"][stage]
     drop = INPUT_KEYS.get(stage, {}) if runs[variant]["input_differs"] else {}
-    want, got = output_files(ref_root, drop), output_files(root, drop)
+    want, got = output_tree(ref_root, drop), output_tree(root, drop)
     assert any(k.endswith(".parquet") for k in want) and any(k.endswith(".json") for k in want), sorted(want)
     assert all(len(v) > 0 for v in want.values())
     assert sorted(got) == sorted(want)
