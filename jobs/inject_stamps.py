@@ -22,13 +22,11 @@ import functools
 import json
 import sys
 
-import pyarrow.parquet as pq
-
 from jobs.cli import job_main
 from jobs.spark import get_spark, write_json
 from udfs.config.provenance import code_version, config_hash
 from udfs.io import parquet_files, storage
-from udfs.io.datasets import DatasetError, dataset_files, file_schema, open_dataset, schema_metadata
+from udfs.io.datasets import DatasetError, dataset_files, file_rows, file_schema, open_dataset, schema_metadata
 from udfs.io.publish import publishing
 from udfs.schemas import cutouts
 from udfs.schemas import stamps as schema
@@ -56,12 +54,6 @@ def _stamp_geometry(cutouts_uri: str) -> tuple[str, int]:
     """``(band order, stamp size N)`` of the stage-4 cutouts dataset."""
     files, file_schema = open_dataset(cutouts_uri, cutouts.WHAT, cutouts.READER_COLUMNS)
     return cutouts.stamp_geometry(files[0], schema_metadata(file_schema))
-
-
-def _rows_of(path: str) -> int:
-    """Rows of one Parquet file, from its footer."""
-    with storage.open_input(path) as f:
-        return pq.ParquetFile(f).metadata.num_rows
 
 
 @job_main
@@ -112,7 +104,7 @@ def _inject(args, manifest: str, settings, n: int, bank, cosmology: str, inj_has
     spark = get_spark("inject_stamps")
     # one Spark partition per bucket, largest first: tasks start in partition order, so the cores
     # finish together (longest-processing-time-first)
-    rows = sorted(((b, m, c) for b, (m, c) in buckets.items()), key=lambda r: (-_rows_of(r[1]), r[0]))
+    rows = sorted(((b, m, c) for b, (m, c) in buckets.items()), key=lambda r: (-file_rows(r[1]), r[0]))
     work = spark.createDataFrame(spark.sparkContext.parallelize(rows, len(rows)),
                                  "bucket int, manifest string, cutouts string")
     written = work.mapInPandas(body, "path string, rows long, status string").collect()

@@ -13,14 +13,13 @@ import os
 import sys
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from udfs.io import parquet_files, storage
-from udfs.io.datasets import (DatasetError, check_readable, dataset_files, file_schema, partition_values,
-                               read_table)
+from udfs.io.datasets import (DatasetError, check_readable, dataset_files, file_rows, file_schema,
+                               partition_values, read_table)
 
 BUCKET_COL = "_bucket"
 
@@ -94,7 +93,7 @@ def write_parquet(df: DataFrame, uri: str, *, key: list[str], n_buckets: int,
         for bucket, rows in pdf.groupby(BUCKET_COL, sort=True):
             whole = storage.join(uri, parquet_files.bucket_name(bucket))
             if skip_existing and not partition_by and storage.exists(whole):  # before any transform
-                yield pd.DataFrame({"path": [whole], "rows": [pq.read_metadata(storage.open_input(whole)).num_rows],
+                yield pd.DataFrame({"path": [whole], "rows": [file_rows(whole)],
                                     "status": ["skipped"]})
                 continue
             if transform is not None:

@@ -82,6 +82,12 @@ def file_schema(path: str) -> pa.Schema:
             raise DatasetError(f"{path}: not a readable Parquet file ({exc})") from exc
 
 
+def file_rows(path: str) -> int:
+    """Rows of one Parquet file, from its footer."""
+    with storage.open_input(path) as f:
+        return pq.read_metadata(f).num_rows
+
+
 def read_table(path: str, columns: list[str] | None = None) -> pa.Table:
     """One Parquet file as a table; :class:`DatasetError` naming the file when its data cannot be
     read or decoded (pages corrupt behind a sound footer, a read that fails): in a Spark task, the
