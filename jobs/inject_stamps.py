@@ -97,16 +97,15 @@ def _inject(args, manifest: str, settings, n: int, bank, cosmology: str, inj_has
         "bank_catalog": str(bank.attrs.get("catalog_name", "")), "cosmology": cosmology})
     arrow_schema = parquet_files.with_bucketing(arrow_schema, list(cutouts.BUCKET_KEY), n_buckets)
     cutouts_schema = file_schema(dataset_files(args.cutouts)[0])
-    body = functools.partial(inject_buckets, bank_uri=args.bank, settings=settings, stamp_size=n,
+    # one Spark partition per bucket, largest first: tasks start in partition order, so the cores
+    # finish together (longest-processing-time-first). Partition i holds only the number i
+    # (spark.range: no Python feeds the tasks); its bucket's files travel in the task's closure.
+    rows = sorted(((b, m, c) for b, (m, c) in buckets.items()), key=lambda r: (-file_rows(r[1]), r[0]))
+    body = functools.partial(inject_buckets, buckets=rows, bank_uri=args.bank, settings=settings, stamp_size=n,
                              cosmology=cosmology, provenance={"code_version": version, "injection_config_hash": inj_hash},
                              output=args.output, schema_ipc=arrow_schema.serialize().to_pybytes(),
                              cutouts_ipc=cutouts_schema.serialize().to_pybytes(), skip_existing=args.skip_existing)
-    spark = get_spark("inject_stamps")
-    # one Spark partition per bucket, largest first: tasks start in partition order, so the cores
-    # finish together (longest-processing-time-first)
-    rows = sorted(((b, m, c) for b, (m, c) in buckets.items()), key=lambda r: (-file_rows(r[1]), r[0]))
-    work = spark.createDataFrame(spark.sparkContext.parallelize(rows, len(rows)),
-                                 "bucket int, manifest string, cutouts string")
+    work = get_spark("inject_stamps").range(0, len(rows), 1, len(rows))
     written = work.mapInPandas(body, "path string, rows long, status string").collect()
     summary = dataset_summary(args.output, settings.bands)
     summary.update(files_written=sum(r["status"] == "written" for r in written),

@@ -1,6 +1,6 @@
 """Stage 5 transform: manifest tasks joined with their cutouts -> training stamps (pure pandas).
 
-:func:`inject_buckets` is the Spark task body (``mapInPandas``, one co-located bucket per row,
+:func:`inject_buckets` is the Spark task body (``mapInPandas``, one co-located bucket per id,
 :mod:`udfs.stamps.inject_bucket`); it calls :func:`inject_tasks` on each batch, which returns a new
 frame with the columns of :mod:`udfs.schemas.stamps`. Per row:
 
@@ -314,13 +314,14 @@ def _inject(rows: pd.DataFrame, images, invvar, kernels, texture, bank: SourceBa
     return arcs16, injected, {**truth, **metrics}
 
 
-def inject_buckets(rows, bank_uri: str, settings: InjectionSettings, stamp_size: int, cosmology: str,
-                   provenance: dict[str, str], output: str, schema_ipc: bytes, cutouts_ipc: bytes,
-                   skip_existing: bool):
-    """The stage-5 Spark task body (``mapInPandas`` over rows ``bucket, manifest, cutouts``): each
-    bucket's stamp files (:func:`udfs.stamps.inject_bucket.inject_bucket`), stamp rows from
-    :func:`inject_tasks` with ``provenance`` columns set on every row; yields one row per file
-    (path, rows, status). The bank is loaded once per Python worker."""
+def inject_buckets(ids, buckets: list[tuple[int, str, str | None]], bank_uri: str, settings: InjectionSettings,
+                   stamp_size: int, cosmology: str, provenance: dict[str, str], output: str, schema_ipc: bytes,
+                   cutouts_ipc: bytes, skip_existing: bool):
+    """The stage-5 Spark task body (``mapInPandas`` over a column ``id``): for each id ``i``, the
+    stamp files of bucket ``buckets[i] = (bucket, manifest file, cutouts file or None)``
+    (:func:`udfs.stamps.inject_bucket.inject_bucket`), stamp rows from :func:`inject_tasks` with
+    ``provenance`` columns set on every row; yields one row per file (path, rows, status). The bank
+    is loaded once per Python worker."""
     import pyarrow as pa
 
     from udfs.sources.bank import load_bank
@@ -334,9 +335,10 @@ def inject_buckets(rows, bank_uri: str, settings: InjectionSettings, stamp_size:
     def inject(pdf: pd.DataFrame) -> pd.DataFrame:
         return inject_tasks(pdf, bank, settings, stamp_size, cosmology).assign(**provenance)[names]
 
-    for batch in rows:
-        for r in batch.itertuples(index=False):
-            yield pd.DataFrame(inject_bucket(int(r.bucket), r.manifest, r.cutouts, output, inject=inject,
+    for batch in ids:
+        for i in batch["id"]:
+            bucket, manifest_file, cutouts_file = buckets[int(i)]
+            yield pd.DataFrame(inject_bucket(bucket, manifest_file, cutouts_file, output, inject=inject,
                                              file_schema_=file_schema, cutouts_schema=cutouts_schema,
                                              skip_existing=skip_existing),
                                columns=["path", "rows", "status"])
