@@ -89,12 +89,17 @@ def add_poisson_noise(arc: np.ndarray, gain, rng: np.random.Generator,
 def add_shot_noise(arcs: np.ndarray, gains: np.ndarray, seeds, kernels: np.ndarray | None = None) -> np.ndarray:
     """:func:`add_poisson_noise` of a batch, stamp for stamp the same values: arcs ``(B, n_bands,
     H, W)``, gains ``(B, n_bands)``, one seed per stamp (``numpy.random.default_rng(seed)``, bands
-    drawn in order), texture kernels ``(B, n_bands, k, k)`` or None (white)."""
+    drawn in order), texture kernels ``(B, n_bands, k, k)`` or None (white). Only the draws are
+    per stamp (each its own generator); the arithmetic and the texture run on the whole batch."""
     gains = np.asarray(gains, np.float64)
     if not np.all(gains > 0):
         raise ParameterError(f"gain must be > 0 electrons/nanomaggy, got {gains[~(gains > 0)][0]}")
-    out = np.empty(arcs.shape, dtype=arcs.dtype)
+    g = gains[:, :, None, None]
+    lam = np.where(arcs > 0, arcs, 0.0) * g
+    noisy = np.empty(lam.shape)
     for s, seed in enumerate(np.broadcast_to(np.asarray(seeds, dtype=np.uint64), (len(arcs),))):
-        out[s] = add_poisson_noise(arcs[s], gains[s][:, None, None], np.random.default_rng(int(seed)),
-                                   None if kernels is None else kernels[s])
-    return out
+        noisy[s] = np.random.default_rng(int(seed)).poisson(lam[s])
+    noisy /= g
+    if kernels is None:
+        return np.where(arcs > 0, noisy, arcs).astype(arcs.dtype)
+    return (arcs + _texture(noisy - lam / g, kernels)).astype(arcs.dtype)
