@@ -292,7 +292,31 @@ def parse_pipeline_config(d: dict, source: str) -> PipelineConfig:
     modules = [s.module for s in parsed]
     if tuple(modules) != STAGE_MODULES:
         raise c.fail("stages", f"must be the six stages in order {list(STAGE_MODULES)}, got {modules}")
+    _check_buckets(c, parsed)
     return PipelineConfig(inputs=dict(inputs), stages=parsed)
+
+
+def _flag(args: tuple[str, ...], flag: str) -> str | None:
+    return args[args.index(flag) + 1] if flag in args[:-1] else None
+
+
+def _check_buckets(c: Checker, stages: tuple[Stage, ...]) -> None:
+    """Stage 5 merges bucket b of the manifest with bucket b of the cutouts, so stage 4's
+    ``--n-buckets`` must equal ``n_buckets`` of stage 3's priors (read from this checkout's conf/,
+    which the launcher uploads as ``{conf}``): refused at launch, not after stage 4 on the cluster."""
+    from udfs.stamps.priors import load_config
+
+    i3, i4 = STAGE_MODULES.index("jobs.build_manifest"), STAGE_MODULES.index("jobs.make_cutouts")
+    cutouts = _flag(stages[i4].args, "--n-buckets")
+    if cutouts is None:
+        raise c.fail(f"stages[{i4}].args", "(jobs.make_cutouts) has no --n-buckets; give the priors' n_buckets")
+    priors = _flag(stages[i3].args, "--config") or ""
+    if not priors.startswith("{conf}/"):
+        return  # priors outside this checkout: stage 5 checks the two datasets itself
+    n = load_config(str(REPO_ROOT / "conf" / priors.removeprefix("{conf}/"))).n_buckets
+    if cutouts != str(n):
+        raise c.fail(f"stages[{i4}].args", f"(jobs.make_cutouts) --n-buckets {cutouts} differs from n_buckets "
+                                           f"{n} of {priors}: stage 5 merges the two bucket by bucket")
 
 
 def load_pipeline_config(path: Path = PIPELINE_CONFIG) -> PipelineConfig:

@@ -87,6 +87,24 @@ def test_pipeline_config_stages_and_placeholders():
         parse_pipeline_config(no_output, "p.yaml")
 
 
+def test_pipeline_cutouts_buckets_match_the_priors():
+    """Stage 5 merges the manifest and the cutouts bucket by bucket: a pipeline whose stage-4
+    --n-buckets is not the priors' n_buckets is refused on load, naming both."""
+    from udfs.stamps.priors import load_config
+
+    n = load_config(str(REPO_ROOT / "conf" / "injection_priors.yaml")).n_buckets
+    args = load_pipeline_config().stages[3].args
+    assert args[args.index("--n-buckets") + 1] == str(n) and n >= 1000  # survey scale: thousands of tasks
+    raw = yaml.safe_load(PIPELINE_CONFIG.read_text())
+    raw["stages"][3]["args"][raw["stages"][3]["args"].index("--n-buckets") + 1] = "8"
+    with pytest.raises(ConfigError, match=rf"^p.yaml: stages\[3\].args: \(jobs.make_cutouts\) --n-buckets 8 "
+                                          rf"differs from n_buckets {n} of {{conf}}/injection_priors.yaml"):
+        parse_pipeline_config(raw, "p.yaml")
+    del raw["stages"][3]["args"][-2:]
+    with pytest.raises(ConfigError, match=r"stages\[3\].args: \(jobs.make_cutouts\) has no --n-buckets"):
+        parse_pipeline_config(raw, "p.yaml")
+
+
 def test_pipeline_stage_args_match_job_parsers(capsys):
     """Every --flag a stage passes exists in that job's argparse (for jobs that exist already)."""
     import importlib
