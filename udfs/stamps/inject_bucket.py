@@ -61,10 +61,12 @@ def colocated_buckets(manifest_uri: str, cutouts_uri: str) -> dict[int, tuple[st
 
 def _with_cutouts(tasks: pa.Table, cut: pa.Table, row_of: dict[str, int]) -> pd.DataFrame:
     """The manifest rows with their cutout's columns (``ok``/``fail_reason`` as ``cutout_ok``/
-    ``cutout_fail_reason``; a target without a cutout row: not ok, reason ``missing``)."""
-    index = pa.array([row_of.get(str(t)) for t in tasks.column("target_id").to_pylist()], pa.int64())
-    joined = cut.take(index).drop_columns(["target_id"]).to_pandas().rename(
-        columns={"ok": "cutout_ok", "fail_reason": "cutout_fail_reason"})
+    ``cutout_fail_reason``; a target without a cutout row: not ok, reason ``missing``). Each target's
+    pixels are converted once per batch, its tasks sharing them (a target has many tasks)."""
+    first: dict[int | None, int] = {}
+    local = [first.setdefault(row_of.get(str(t)), len(first)) for t in tasks.column("target_id").to_pylist()]
+    joined = cut.take(pa.array(list(first), pa.int64())).drop_columns(["target_id"]).to_pandas().iloc[local]
+    joined = joined.reset_index(drop=True).rename(columns={"ok": "cutout_ok", "fail_reason": "cutout_fail_reason"})
     pdf = pd.concat([tasks.to_pandas(), joined], axis=1)
     pdf["cutout_ok"] = pdf["cutout_ok"].fillna(False).astype(bool)
     pdf.loc[pdf["cutout_fail_reason"].isna() & ~pdf["cutout_ok"], "cutout_fail_reason"] = "missing"
