@@ -64,8 +64,9 @@ def _inputs(d: Path) -> str:
 
 
 def _baselines(d: Path, manifest: str) -> dict[str, float]:
-    """Stamps per second of :func:`udfs.stamps.inject.inject_tasks` on the same rows, one process:
-    the default config and the old default (``gaussian`` PSF, white arc noise)."""
+    """Stamps per second of :func:`udfs.stamps.inject.inject_tasks` on the same rows in stage 5's
+    batches (:data:`udfs.stamps.inject_bucket.BATCH_ROWS`), one process: the default config and
+    the old default (``gaussian`` PSF, white arc noise)."""
     import dataclasses
 
     import pyarrow as pa
@@ -76,6 +77,7 @@ def _baselines(d: Path, manifest: str) -> dict[str, float]:
     from udfs.schemas.cutouts import READER_COLUMNS
     from udfs.sources.bank import read_bank
     from udfs.stamps.inject import inject_tasks, load_settings
+    from udfs.stamps.inject_bucket import BATCH_ROWS
 
     tasks = pa.concat_tables([pq.read_table(f) for f in dataset_files(manifest)]).to_pandas()
     cuts = pa.concat_tables([pq.read_table(f) for f in dataset_files(str(d / "cutouts"))]).to_pandas()
@@ -88,7 +90,8 @@ def _baselines(d: Path, manifest: str) -> dict[str, float]:
     for name, settings in (("default", default), ("gaussian_white", old)) * 2:  # twice: the 2nd counts
         inject_tasks(joined.head(4), bank, settings, 64)  # JIT warm-up
         t0 = time.perf_counter()
-        inject_tasks(joined, bank, settings, 64)
+        for start in range(0, len(joined), BATCH_ROWS):  # in the job's batches
+            inject_tasks(joined.iloc[start:start + BATCH_ROWS], bank, settings, 64)
         rates[name] = len(joined) / (time.perf_counter() - t0)
     return rates
 
