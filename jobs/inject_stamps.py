@@ -8,8 +8,8 @@ the location; :func:`udfs.stamps.manifest.resolve_manifest`). The manifest and t
 are bucketed alike by brick; one Spark task per bucket merges the two files on ``target_id`` and
 writes that bucket's stamp files itself (:mod:`udfs.stamps.inject_bucket`): no shuffle. Each Python
 worker loads the bank once. Output (:mod:`udfs.schemas.stamps`): a Parquet dataset partitioned by
-``split=``, one file per bucket, pixel columns as Arrow fixed-size lists with shapes and band order
-in the schema metadata.
+``split=``, one file per bucket, pixel columns one byte-stream-split binary value per row
+(:mod:`udfs.io.pixel_codec`) with shapes and band order in the schema metadata.
 ``<STAMPS>/_summary.json``: :mod:`udfs.stamps.summary`.
 
 ``--skip-existing`` resumes a killed run: buckets whose every split file exists are not recomputed,

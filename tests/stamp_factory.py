@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from udfs.io import storage
+from udfs.io import pixel_codec, storage
 from udfs.lensing.arc_metrics import arc_metrics
 from udfs.survey.shot_noise import add_poisson_noise, gain_estimate
 from udfs.schemas.stamps import stamp_schema
@@ -133,7 +133,10 @@ def make_rows(n_pairs: int, *, npix: int = 64, seed: int = 1, core_shortcut: flo
     return rows
 
 
-def _column(rows, name, typ):
+def _column(rows, f: pa.Field):
+    name, typ = f.name, f.type
+    if pixel_codec.is_encoded(f):
+        return pixel_codec.encode([r.get(name) for r in rows], f)
     if pa.types.is_fixed_size_list(typ):
         n = typ.list_size
         flat = np.concatenate([np.full(n, np.nan) if r.get(name) is None else np.asarray(r[name], np.float64)
@@ -152,7 +155,7 @@ def write_dataset(uri: str, rows: list[dict], npix: int = 64) -> list[str]:
         groups.setdefault((r["split"], k), []).append(r)
     written = []
     for (split, k), part in sorted(groups.items()):
-        table = pa.table([_column(part, f.name, f.type) for f in sch], schema=sch)
+        table = pa.table([_column(part, f) for f in sch], schema=sch)
         path = storage.join(uri, f"split={split}", f"part-{k:05d}.parquet")
         buf = io.BytesIO()
         pq.write_table(table, buf)

@@ -14,7 +14,7 @@ import pytest
 
 from jobs import inject_stamps
 from jobs.spark import dataset_files
-from udfs.io import storage
+from udfs.io import pixel_codec, storage
 from udfs.lensing.arcs import nanomaggies
 from udfs.config.provenance import REPO_ROOT, code_version
 from udfs.schemas import cutouts as cutout_schema
@@ -48,18 +48,27 @@ def stamps(inputs):
 
 
 def read_all(uri):
+    """Every file of a dataset as one table, ``split`` from the folder; stamp pixel columns
+    (byte-stream-split binary) as fixed-size lists of their stored dtype, like the cutouts'."""
     import pyarrow as pa
 
     tables = []
     for f in dataset_files(str(uri)):
         t = pq.read_table(f)
+        for i, field in enumerate(t.schema):
+            if pixel_codec.is_encoded(field):
+                values, valid = pixel_codec.decode(t.column(i), field)
+                items = pa.array(values.ravel(), mask=np.repeat(~valid, values.shape[1]))
+                t = t.set_column(i, field.name, pa.FixedSizeListArray.from_arrays(items, values.shape[1]))
         if Path(f).parent.name.startswith("split="):
             t = t.append_column("split", pa.array([Path(f).parent.name[6:]] * len(t)))
         tables.append(t)
     return pa.concat_tables(tables)
 
 
-def test_schema_is_fixed_size_lists_with_documented_metadata(stamps):
+def test_schema_is_self_describing_pixel_values_with_documented_metadata(stamps, inputs):
+    import pyarrow as pa
+
     f = dataset_files(str(stamps))[0]
     assert Path(f).parent.name.startswith("split=")
     schema = pq.read_schema(f)
@@ -67,21 +76,31 @@ def test_schema_is_fixed_size_lists_with_documented_metadata(stamps):
     nb, n, _ = json.loads(meta["image_shape"])
     assert meta["band_order"] == "grz" and (nb, n) == (3, 64)
     assert float(meta["pixel_scale_arcsec"]) == 0.262
-    for col, typ in (("image", "float"), ("invvar", "float"), ("arc", "halffloat")):
-        assert schema.field(col).type.list_size == 3 * 64 * 64
-        assert str(schema.field(col).type.value_type) == typ
+    for col, dtype, unit, size in (("image", "<f4", "nanomaggies", 3 * 64 * 64),
+                                   ("invvar", "<f4", "nanomaggies^-2", 3 * 64 * 64),
+                                   ("arc", "<f2", "nanomaggies", 3 * 64 * 64), ("maskbits", "<i4", "bit mask", 64 * 64)):
+        assert schema.field(col).type == pa.binary(size * int(dtype[-1]))
+        assert schema.field(col).metadata == {b"unit": unit.encode(), b"dtype": dtype.encode(),
+                                              b"encoding": b"byte_stream_split"}
     md = pq.ParquetFile(f).metadata.row_group(0)
-    encodings = {md.column(i).path_in_schema: md.column(i).encodings for i in range(md.num_columns)}
-    for col in ("image", "invvar", "arc"):  # noisy floats: byte-stream split, no dictionary
-        assert "BYTE_STREAM_SPLIT" in encodings[f"{col}.list.element"], encodings[f"{col}.list.element"]
-    assert schema.field("maskbits").type.list_size == 64 * 64
+    chunks = {md.column(i).path_in_schema: md.column(i) for i in range(md.num_columns)}
+    for col in ("image", "invvar", "arc", "maskbits"):  # one value per row: no dictionary, no min/max
+        assert not any("DICTIONARY" in e for e in chunks[col].encodings), chunks[col].encodings
+        assert not chunks[col].is_stats_set
+    assert chunks["task_id"].is_stats_set
     for col in ("task_id", "is_control", "pair_id", "seed", "theta_e", "src_mag_g", "magnification",
                 "arc_snr", "core_flux_frac", "n_images", "ok", "fail_reason", "code_version",
                 "config_hash", "injection_config_hash", "psf_fwhm_r", "psfdepth_r"):
         assert col in schema.names, col
     assert schema.equals(stamp_schema.stamp_schema("grz", 64, {}))  # the one definition, field for field
     assert schema.field("theta_e").metadata == {b"unit": b"arcsec"}
-    assert schema.field("image").metadata == {b"unit": b"nanomaggies"}
+    # the module doc's recipe, NumPy alone: a control's bytes are its cutout's float32 pixels
+    row = pq.read_table(f, columns=["target_id", "is_control", "image", "invvar"]).filter(
+        pc.field("is_control")).slice(0, 1).to_pylist()[0]
+    cut = read_all(inputs["cutouts"]).to_pandas().set_index("target_id").loc[row["target_id"]]
+    for col in ("image", "invvar"):
+        planes = np.frombuffer(row[col], np.uint8).reshape(4, 3 * 64 * 64)
+        np.testing.assert_array_equal(np.ascontiguousarray(planes.T).view("<f4").ravel(), cut[col])
 
 
 def test_rows_pixels_truth_and_flux_accounting(stamps, inputs):

@@ -21,14 +21,19 @@ def stamps(pipeline_inputs, tmp_path_factory):
     return str(out)
 
 
+def _float32(value: bytes) -> np.ndarray:
+    return np.ascontiguousarray(np.frombuffer(value, np.uint8).reshape(4, -1).T).view("<f4").ravel()
+
+
 def _stored(uri: str, split: str) -> dict:
-    """task_id -> (image (3, 64, 64), label) straight from the files."""
+    """task_id -> (image (3, 64, 64), label) straight from the files (the byte planes of
+    udfs.io.pixel_codec undone in NumPy)."""
     out = {}
     for f in dataset_files(f"{uri}/split={split}"):
         t = pq.read_table(f, columns=["task_id", "ok", "is_control", "image"]).to_pylist()
         for r in t:
             if r["ok"]:
-                out[r["task_id"]] = (np.asarray(r["image"], np.float32).reshape(3, 64, 64), int(not r["is_control"]))
+                out[r["task_id"]] = (_float32(r["image"]).reshape(3, 64, 64), int(not r["is_control"]))
     return out
 
 

@@ -15,7 +15,7 @@ from udfs.io.datasets import DatasetError, check_columns, file_schema, list_data
 from udfs.qa import realism
 from udfs.qa.linear_probe import grouped_auc
 from udfs.schemas import cutouts as cutout_schema
-from udfs.stamps.pixels import StampInputError, hash_uniform, pixel_array
+from udfs.stamps.pixels import StampInputError, column_pixels, hash_uniform, pixel_array
 
 REAL_COLUMNS = ["target_id", "ok", "dx_pix", "dy_pix", "image", "invvar", "psf_fwhm_g", "psf_fwhm_r", "psf_fwhm_z"]
 
@@ -113,8 +113,8 @@ def stamps_task(batches, *, layout, fraction: float, seed: int, params: dict, pr
             if not idx.size:
                 continue
             order = [layout.bands.index(b) for b in "grz"]  # pixels out in g, r, z order
-            image = pixel_array(table.column("image").take(idx), shape)[:, order]
-            invvar = pixel_array(table.column("invvar").take(idx), shape)[:, order]
+            picked = table.take(idx)
+            image, invvar = (column_pixels(picked, c, shape)[:, order] for c in ("image", "invvar"))
             sub = sc.iloc[idx].reset_index(drop=True)
             fwhm = sub[[f"psf_fwhm_{b}" for b in "grz"]].to_numpy(np.float64)
             m = realism.measure_stamps(image, invvar, layout.pixel_scale, fwhm, bands="grz",

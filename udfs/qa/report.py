@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 from udfs.io.datasets import partition_values
 from udfs.qa.lens_population import aperture_flux
 from udfs.schemas import stamps as schema
-from udfs.stamps.pixels import StampInputError, StampLayout, annulus_mask, core_mask, hash_uniform, \
-    pixel_array, radii, stamp_layout
+from udfs.stamps.pixels import StampInputError, StampLayout, annulus_mask, column_pixels, core_mask, \
+    hash_uniform, pixel_array, radii, stamp_layout
 
 #: the stamp columns stage 6 needs in every file (a missing one is a bad dataset, named by file)
 REQUIRED = ["task_id", "pair_id", "is_control", "ok", "fail_reason", "theta_e", "arc_snr", "core_flux_frac",
@@ -92,7 +92,7 @@ def read_stamp_rows(root: str, path: str, layout: StampLayout, open_input, *,
         if pa.types.is_integer(typ):
             df[c] = df[c].astype("Int64")
     shape = (layout.n_bands, layout.npix, layout.npix)
-    image, invvar, arc = (pixel_array(table.column(c), shape) for c in PIXELS)
+    image, invvar, arc = (column_pixels(table, c, shape) for c in PIXELS)
     checks = row_checks(df["ok"].to_numpy(bool), df["is_control"].to_numpy(bool), image, invvar, arc,
                         layout.pixel_scale, layout.bands.index("r") if "r" in layout.bands else None)
     for k, v in checks.items():

@@ -8,11 +8,13 @@ folder name, not in the files).
 Units (each field's ``unit`` metadata): angles on the sky in arcsec, position angles in rad, ra/dec
 in degrees, magnitudes AB, fluxes and pixels in nanomaggies, inverse variances in nanomaggies^-2,
 ``gain_<band>`` in electrons per nanomaggy, ``psfdepth_<band>`` the point-source flux inverse
-variance (nanomaggies^-2). Pixel columns are fixed-size lists: ``image``, ``invvar`` float32 and ``arc`` float16 (the
-noiseless arc, a truth column: relative precision 2^-11, values below 6e-8 nanomaggies flushed to
-zero; the metrics are computed from it in float32 before it is stored) ``(band, y, x)`` row-major,
-``maskbits`` int32 ``(y, x)``; their shapes and the band order
-are in the schema metadata, so pyarrow alone can read them.
+variance (nanomaggies^-2). Pixel columns are one fixed-size binary value per row, byte-stream split
+(:mod:`udfs.io.pixel_codec`; each field's metadata gives its ``dtype`` and ``encoding``): ``image``,
+``invvar`` float32 and ``arc`` float16 (the noiseless arc, a truth column: relative precision
+2^-11, values below 6e-8 nanomaggies flushed to zero; the metrics are computed from it in float32
+before it is stored) ``(band, y, x)`` row-major, ``maskbits`` int32 ``(y, x)``; their shapes and
+the band order are in the schema metadata, so pyarrow and NumPy alone can read them
+(:func:`udfs.stamps.pixels.column_pixels`). A failed row's pixels are null.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import json
 
 import pyarrow as pa
 
+from udfs.io import pixel_codec
 from udfs.schemas.manifest import deflector_fields
 from udfs.survey.bands import SURVEY_BANDS
 
@@ -78,6 +81,7 @@ def metric_fields(bands: str = SURVEY_BANDS) -> list[tuple[str, pa.DataType, str
 
 STATUS_FIELDS = [("ok", _B, ""), ("fail_reason", _S, "")]
 PIXEL_UNITS = {"image": _NMGY, "invvar": _IVAR, "arc": _NMGY, "maskbits": "bit mask"}
+PIXEL_DTYPES = {"image": "<f4", "invvar": "<f4", "arc": "<f2", "maskbits": "<i4"}
 PROVENANCE_FIELDS = [("code_version", _S, ""), ("injection_config_hash", _S, "")]
 
 
@@ -112,11 +116,10 @@ def _field(name: str, typ: pa.DataType, unit: str) -> pa.Field:
 
 
 def _pixel_fields(n_bands: int, npix: int) -> list[pa.Field]:
-    """Fixed-size lists of ``n_bands * npix^2`` values (``maskbits``: ``npix^2``)."""
-    size = n_bands * npix ** 2
-    types = {"image": pa.list_(pa.float32(), size), "invvar": pa.list_(pa.float32(), size),
-             "arc": pa.list_(pa.float16(), size), "maskbits": pa.list_(pa.int32(), npix ** 2)}
-    return [_field(name, types[name], PIXEL_UNITS[name]) for name in PIXELS]
+    """``n_bands * npix^2`` values per row (``maskbits``: ``npix^2``) of :data:`PIXEL_DTYPES`."""
+    size = {"image": n_bands * npix ** 2, "invvar": n_bands * npix ** 2, "arc": n_bands * npix ** 2,
+            "maskbits": npix ** 2}
+    return [pixel_codec.field(name, size[name], PIXEL_DTYPES[name], {"unit": PIXEL_UNITS[name]}) for name in PIXELS]
 
 
 def layout_metadata(bands: str, npix: int) -> dict[str, str]:
@@ -125,7 +128,8 @@ def layout_metadata(bands: str, npix: int) -> dict[str, str]:
     return {
         "image_shape": json.dumps([nb, npix, npix]), "arc_shape": json.dumps([nb, npix, npix]),
         "maskbits_shape": json.dumps([npix, npix]), "band_order": bands,
-        "pixel_layout": "image/invvar/arc: (band, y, x) row-major flattened; maskbits: (y, x)",
+        "pixel_layout": "image/invvar/arc: (band, y, x) row-major flattened; maskbits: (y, x); each a "
+                        "fixed-size binary value, byte-stream split (field metadata: dtype, encoding)",
         "units": "image, arc: nanomaggies; invvar: 1/nanomaggies^2; angles rad; sizes arcsec",
         "frame": "x along columns, y along rows, arcsec; lens at the target, stamp pixel "
                  "((N-1)/2 + dx_pix, (N-1)/2 + dy_pix)",

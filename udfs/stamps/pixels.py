@@ -1,9 +1,10 @@
 """Pixel arrays of the stage-5 stamps dataset as NumPy, and the radial masks stage 6 uses.
 
-Pixel columns are Arrow fixed-size lists, band-major ``(n_bands, N, N)`` flattened row-major
-(``maskbits``: one ``(N, N)`` plane); the schema metadata holds ``image_shape`` (JSON
+Pixel columns are band-major ``(n_bands, N, N)`` flattened row-major (``maskbits``: one ``(N, N)``
+plane): in the stamps, one byte-stream-split binary value per row (:mod:`udfs.io.pixel_codec`);
+in the cutouts and the stage-6 frames, Arrow lists. The schema metadata holds ``image_shape`` (JSON
 ``[n_bands, N, N]``), ``band_order`` (e.g. ``grz``) and ``pixel_scale_arcsec``. Failed rows hold
-lists of null items, returned here as NaN. Radii are measured from the stamp centre ``(N-1)/2``
+no pixels (null, or lists of null items), returned here as NaN. Radii are measured from the stamp centre ``(N-1)/2``
 (the lens centre up to the cutout's sub-pixel offset, |dx|, |dy| <= 0.5 px), in pixels.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from udfs.io import pixel_codec
 from udfs.io.datasets import schema_metadata
 from udfs.io.errors import InputError
 from udfs.schemas.stamps import LAYOUT_KEYS
@@ -53,10 +55,31 @@ def stamp_layout(schema: pa.Schema, source: str) -> StampLayout:
     if not (isinstance(shape, list) and len(shape) == 3 and shape[1] == shape[2] and shape[0] == len(meta["band_order"])):
         raise StampInputError(f"{source}: image_shape {meta['image_shape']} does not match band_order "
                               f"{meta['band_order']!r} as [n_bands, N, N]")
-    arc = schema.field("arc").type if "arc" in schema.names else None
-    arc_dtype = "float16" if arc is not None and pa.types.is_float16(getattr(arc, "value_type", arc)) else "float32"
+    arc_dtype = "float32"
+    if "arc" in schema.names:
+        arc = schema.field("arc")
+        if pixel_codec.is_encoded(arc):
+            arc_dtype = pixel_codec.dtype_of(arc).name
+        elif pa.types.is_float16(getattr(arc.type, "value_type", arc.type)):
+            arc_dtype = "float16"
     return StampLayout(n_bands=int(shape[0]), npix=int(shape[1]), bands=meta["band_order"], pixel_scale=pixel_scale,
                        arc_dtype=arc_dtype)
+
+
+def column_pixels(table: pa.Table, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``(n_rows, *shape)`` float64 of pixel column ``name`` of ``table`` as it is stored (a
+    :mod:`udfs.io.pixel_codec` binary column, per its field's metadata, or a fixed-size list);
+    rows without pixels become NaN."""
+    f = table.schema.field(name)
+    if not pixel_codec.is_encoded(f):
+        return pixel_array(table.column(name), shape)
+    if pixel_codec.n_values(f) != int(np.prod(shape)):
+        raise StampInputError(f"pixel column {name} holds {pixel_codec.n_values(f)} values per row, "
+                              f"not the {int(np.prod(shape))} of shape {list(shape)}")
+    values, valid = pixel_codec.decode(table.column(name), f)
+    out = values.astype(np.float64)
+    out[~valid] = np.nan
+    return out.reshape((len(out),) + tuple(shape))
 
 
 def pixel_array(column, shape: tuple[int, ...]) -> np.ndarray:
