@@ -30,7 +30,8 @@ def get_spark(app_name: str, conf: dict | None = None) -> SparkSession:
     ``spark.task.maxFailures``, so a lost Python worker costs its task, not the job).
 
     Python workers use the driver's interpreter (the project's virtualenv) unless
-    ``PYSPARK_PYTHON`` says otherwise; BLAS/OpenMP/numba threads are pinned to 1 per task.
+    ``PYSPARK_PYTHON`` says otherwise; BLAS/OpenMP/numba threads are pinned to 1 per task; Arrow's
+    memory pool is the driver's (:mod:`jobs`).
     """
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -48,6 +49,7 @@ def get_spark(app_name: str, conf: dict | None = None) -> SparkSession:
     }
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         settings[f"spark.executorEnv.{var}"] = "1"
+    settings["spark.executorEnv.ARROW_DEFAULT_MEMORY_POOL"] = os.environ["ARROW_DEFAULT_MEMORY_POOL"]  # jobs/__init__.py
     for key, value in {**settings, **(conf or {})}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

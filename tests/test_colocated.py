@@ -111,3 +111,24 @@ def test_a_dataset_without_bucket_metadata_is_refused(pipeline_inputs, tmp_path)
         pq.write_table(t.replace_schema_metadata(meta), old / f.rsplit("/", 1)[-1])
     with pytest.raises(DatasetError, match="no bucket metadata.*rebuild"):
         colocated_buckets(str(old), pipeline_inputs["cutouts"])
+
+
+def test_python_workers_use_the_jobs_arrow_memory_pool(spark):
+    """Stage 5's Parquet writes run in the executors' Python workers with Arrow's mimalloc pool
+    (jobs/__init__.py, passed on by get_spark), not pyarrow's default jemalloc: the pool is read once
+    when pyarrow loads, so it must be in the workers' environment before they start."""
+    import os
+
+    import pandas as pd
+
+    def pools(batches):
+        import pyarrow as pa
+
+        for _ in batches:
+            yield pd.DataFrame({"pool": [pa.default_memory_pool().backend_name],
+                                "env": [os.environ.get("ARROW_DEFAULT_MEMORY_POOL")]})
+
+    assert os.environ["ARROW_DEFAULT_MEMORY_POOL"] == "mimalloc"
+    assert spark.conf.get("spark.executorEnv.ARROW_DEFAULT_MEMORY_POOL") == "mimalloc"
+    rows = spark.range(0, 2, 1, 2).mapInPandas(pools, "pool string, env string").collect()
+    assert [(r["pool"], r["env"]) for r in rows] == [("mimalloc", "mimalloc")] * 2
