@@ -3,9 +3,9 @@
 Inputs are built once from the real samples as in ``make run`` (3 sample LRGs plus the ~50 Stein et
 al. lens hosts: 53 backgrounds on as many bricks, so stage 5's brick buckets all have work; a
 16-row bank, rendered stand-in coadds, cutouts), with a manifest of ``REPLICATES`` per target:
-~20,000 stamps in 8 buckets, ~2,500 per Spark task (the production priors' 2,048 buckets give
-~5,000 per task at 10^7 stamps; Spark's fixed costs per job and per task are paid as there, not
-spread over a toy's few hundred stamps). The sky is the demo's (``conf/demo_sky.yaml``: real PSFEx models and texture), so
+~40,000 stamps in 8 buckets, ~5,000 per Spark task as the production priors' 2,048 buckets give
+at 10^7 stamps (Spark's fixed costs per job, per task and per Python worker are paid as there,
+not spread over a toy's few hundred stamps). The sky is the demo's (``conf/demo_sky.yaml``: real PSFEx models and texture), so
 stage 4 stores PSFEx stacks as in ``make run``. Timed: ``jobs.inject_stamps`` from cutouts + manifest
 to Parquet, in local[2] Spark, per core. Baseline in the same run: the same rows rendered by the
 pure transform ``udfs.stamps.inject.inject_tasks`` in one process, no Spark (``spark_efficiency`` =
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-REPLICATES = 64  # x 53 backgrounds x 3 configs x 2 labels ~ 20,000 stamps
+REPLICATES = 128  # x 53 backgrounds x 3 configs x 2 labels ~ 40,000 stamps
 
 
 def _inputs(d: Path) -> str:
