@@ -76,4 +76,6 @@ def test_values_are_cast_to_the_field_dtype_and_a_wrong_length_is_refused():
         pixel_codec.encode([np.zeros(4), np.zeros(3)], f)
     with pytest.raises(ValueError, match="row 0 holds 1 values"):  # no silent broadcast of a scalar
         pixel_codec.encode([np.float32(1.0)], f)
+    values, valid = pixel_codec.decode(pa.chunked_array([], f.type), f)  # a file part without rows
+    assert values.shape == (0, 4) and values.dtype == np.float16 and valid.shape == (0,)
 

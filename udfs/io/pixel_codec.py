@@ -34,8 +34,6 @@ if sys.byteorder != "little":  # the integer views below read native order as li
 
 ENCODING = "byte_stream_split"
 _DTYPE, _ENCODING = b"dtype", b"encoding"
-
-
 _WORDS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
