@@ -66,18 +66,18 @@ def stamp_layout(schema: pa.Schema, source: str) -> StampLayout:
                        arc_dtype=arc_dtype)
 
 
-def column_pixels(table: pa.Table, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """``(n_rows, *shape)`` float64 of pixel column ``name`` of ``table`` as it is stored (a
-    :mod:`udfs.io.pixel_codec` binary column, per its field's metadata, or a fixed-size list);
-    rows without pixels become NaN."""
+def column_pixels(table: pa.Table, name: str, shape: tuple[int, ...], dtype=np.float64) -> np.ndarray:
+    """``(n_rows, *shape)`` of pixel column ``name`` of ``table`` in ``dtype`` (float32 on a
+    float32 column: no copy) as it is stored (a :mod:`udfs.io.pixel_codec` binary column, per its
+    field's metadata, or a fixed-size list); rows without pixels become NaN."""
     f = table.schema.field(name)
     if not pixel_codec.is_encoded(f):
-        return pixel_array(table.column(name), shape)
+        return pixel_array(table.column(name), shape).astype(dtype, copy=False)
     if pixel_codec.n_values(f) != int(np.prod(shape)):
         raise StampInputError(f"pixel column {name} holds {pixel_codec.n_values(f)} values per row, "
                               f"not the {int(np.prod(shape))} of shape {list(shape)}")
     values, valid = pixel_codec.decode(table.column(name), f)
-    out = values.astype(np.float64)
+    out = values.astype(dtype, copy=False)
     out[~valid] = np.nan
     return out.reshape((len(out),) + tuple(shape))
 

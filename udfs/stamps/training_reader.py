@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from udfs.io import pixel_codec, storage
+from udfs.io import storage
 from udfs.io.datasets import DatasetError, dataset_files, partition_values
-from udfs.stamps.pixels import stamp_layout
+from udfs.stamps.pixels import column_pixels, stamp_layout
 
 DEFAULT_TRUTH = ("task_id", "pair_id", "theta_e", "src_mag_r", "magnification", "arc_snr_r")
 
@@ -73,7 +73,7 @@ class StampBatches:
                     t = t.filter(pa.array(ok))
                     if not t.num_rows:
                         continue
-                    image = _image(t, shape)
+                    image = column_pixels(t, "image", shape, np.float32)
                     label = (~t.column("is_control").to_numpy(zero_copy_only=False).astype(bool)).astype(np.int64)
                     truth = {c: _values(t.column(c)) for c in self.truth}
                     yield image, label, truth
@@ -91,17 +91,6 @@ class StampBatches:
                 yield batch
         if queue:
             yield Batch(*_concat(queue))
-
-
-def _image(t: pa.Table, shape: tuple[int, ...]) -> np.ndarray:
-    """The ``image`` column of ok rows as ``(rows, *shape)`` float32 (its stored dtype, no copy to
-    float64): a :mod:`udfs.io.pixel_codec` column, or a fixed-size list (files before issue 13)."""
-    f = t.schema.field("image")
-    if pixel_codec.is_encoded(f):
-        flat = pixel_codec.decode(t.column("image"), f)[0]
-    else:
-        flat = t.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return flat.astype(np.float32, copy=False).reshape((t.num_rows,) + shape)
 
 
 def _values(column: pa.ChunkedArray) -> np.ndarray:
